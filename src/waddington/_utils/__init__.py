@@ -1,0 +1,33 @@
+"""Internal helpers shared by every public function: validation, random state, devices, slot writing."""
+
+from ._device import resolve_accelerator, resolve_device
+from ._logging import logger
+from ._random import get_rng, seed_everything
+from ._validate import (
+    check_counts,
+    check_finite,
+    check_graph,
+    check_layer,
+    check_obs,
+    check_obsm,
+    check_obsp,
+    check_uns,
+    get_counts,
+)
+
+__all__ = [
+    "check_counts",
+    "check_finite",
+    "check_graph",
+    "check_layer",
+    "check_obs",
+    "check_obsm",
+    "check_obsp",
+    "check_uns",
+    "get_counts",
+    "get_rng",
+    "logger",
+    "resolve_accelerator",
+    "resolve_device",
+    "seed_everything",
+]

@@ -1,0 +1,1 @@
+"""CellRank kernels built from our results."""

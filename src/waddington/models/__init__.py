@@ -1,0 +1,1 @@
+"""Torch/Pyro models. Nothing under this package imports anndata or scanpy."""

@@ -1,0 +1,1 @@
+"""Latent Space Dynamics: networks, model and guide, walks and training (torch/pyro only)."""

@@ -1,0 +1,1 @@
+"""Plots that read the slots written by the tools."""

@@ -1,0 +1,1 @@
+"""Preprocessing: priors and inputs computed from an AnnData."""

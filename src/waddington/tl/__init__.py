@@ -1,0 +1,1 @@
+"""Tools: the methods, each writing its results into AnnData slots."""
