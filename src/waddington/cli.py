@@ -131,6 +131,189 @@ def _run_simulate(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# lsd
+# ---------------------------------------------------------------------------------------------------------------
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _add_lsd(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "lsd",
+        help="fit Latent Space Dynamics (a Waddington potential) to an .h5ad file",
+        description=(
+            "Build the LSD prior from a pseudotime (wd.pp.lsd_prior) and fit LSD (wd.tl.lsd). The input needs "
+            "log-normalised X, raw counts in a layer, a kNN graph (sc.pp.neighbors) and the pseudotime column."
+        ),
+    )
+    parser.add_argument("input", help="input .h5ad file")
+    parser.add_argument("-o", "--output", required=True, help="output .h5ad file")
+    parser.add_argument(
+        "--time-key",
+        default=None,
+        help="obs column with the prior pseudotime, e.g. dpt_pseudotime (omit to reuse obsp['lsd_prior_transitions'])",
+    )
+    parser.add_argument("--beta", type=float, default=50.0, help="prior inverse temperature (default 50)")
+    parser.add_argument("--graph-key", default="connectivities", help="obsp key of the kNN graph")
+    parser.add_argument("--layer", default="raw", help="layer with raw counts (default raw)")
+    parser.add_argument("--epochs", type=_positive_int, default=30, help="training epochs (default 30)")
+    parser.add_argument("--walks", type=_positive_int, default=4096, help="walks per epoch (default 4096)")
+    parser.add_argument("--walk-length", type=_positive_int, default=10, help="cells per walk (default 10)")
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="walks per step (default 256)")
+    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (default 1e-3)")
+    parser.add_argument("--z-dim", type=_positive_int, default=10, help="cell-state dimension (default 10)")
+    parser.add_argument(
+        "--transition-beta", type=_positive_float, default=50.0, help="inverse temperature of lsd_transitions"
+    )
+    parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default auto)")
+    parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=_run_lsd)
+
+
+def _run_lsd(args: argparse.Namespace) -> None:
+    from . import pp, tl
+
+    out = _writable_path(args.output)
+    adata = _readable_h5ad(args.input)
+    if args.time_key is not None:
+        pp.lsd_prior(adata, args.time_key, beta=args.beta, graph_key=args.graph_key)
+    elif "lsd_prior_transitions" not in adata.obsp:
+        raise CLIError(
+            "no prior in obsp['lsd_prior_transitions']; pass --time-key naming a pseudotime column (e.g. dpt_pseudotime)"
+        )
+    tl.lsd(
+        adata,
+        layer=args.layer,
+        n_epochs=args.epochs,
+        n_walks=args.walks,
+        walk_length=args.walk_length,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        z_dim=args.z_dim,
+        transition_beta=args.transition_beta,
+        accelerator=args.accelerator,
+        random_state=args.random_state,
+        progress_bar=not args.no_progress,
+    )
+    _write_h5ad(adata, out)
+    logging.getLogger("waddington").info("wrote %s", out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pseudodynamics
+# ---------------------------------------------------------------------------------------------------------------
+def _add_pseudodynamics(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pseudodynamics",
+        help="fit pseudodynamics+ (growth, drift, diffusion of a population) to an .h5ad file",
+        description=(
+            "Fit pseudodynamics+ (wd.tl.pseudodynamics). The input needs a time column, a state space in obsm and "
+            "population sizes per time point in uns['pop'] = {t, mean, std, n_lib}."
+        ),
+    )
+    parser.add_argument("input", help="input .h5ad file")
+    parser.add_argument("-o", "--output", required=True, help="output .h5ad file")
+    parser.add_argument("--time-key", required=True, help="obs column with the experimental time, e.g. day")
+    parser.add_argument("--state-key", required=True, help="obsm key of the state space, e.g. X_diffmap")
+    parser.add_argument("--n-dims", type=_positive_int, default=None, help="use the first n columns of the state")
+    parser.add_argument("--population", default="pop", help="uns key of the population table (default pop)")
+    parser.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default 100)")
+    parser.add_argument("--steps-per-epoch", type=_positive_int, default=None, help="training steps per epoch")
+    parser.add_argument("--batch-size", type=_positive_int, default=200, help="cells per step (default 200)")
+    parser.add_argument("--lr", type=_positive_float, default=3e-3, help="learning rate (default 3e-3)")
+    parser.add_argument(
+        "--growth-loss-mode", choices=["logratio", "massbalance", "legacy"], default="logratio", help="growth loss"
+    )
+    parser.add_argument("--growth-pop-ref", choices=["popmean", "cellsum"], default="popmean", help="growth target")
+    parser.add_argument("--residual-mode", choices=["raw", "ginv", "rcg"], default="raw", help="PDE residual form")
+    parser.add_argument("--cfm-weight", type=float, default=None, help="conditional flow matching weight")
+    parser.add_argument(
+        "--cfm-unbalanced-reg-m", type=_positive_float, default=None, help="unbalanced OT pairing (default balanced)"
+    )
+    parser.add_argument("--density-estimator", choices=["kde", "gmm"], default="kde", help="per-time density")
+    parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default auto)")
+    parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=_run_pseudodynamics)
+
+
+def _run_pseudodynamics(args: argparse.Namespace) -> None:
+    from . import tl
+
+    out = _writable_path(args.output)
+    adata = _readable_h5ad(args.input)
+    kwargs = {}
+    if args.cfm_weight is not None:
+        kwargs["cfm_weight"] = args.cfm_weight
+    tl.pseudodynamics(
+        adata,
+        time_key=args.time_key,
+        state_key=args.state_key,
+        n_dims=args.n_dims,
+        population=None if args.population == "None" else args.population,
+        max_epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        growth_loss_mode=args.growth_loss_mode,
+        growth_pop_ref=args.growth_pop_ref,
+        residual_mode=args.residual_mode,
+        cfm_unbalanced_reg_m=args.cfm_unbalanced_reg_m,
+        density_estimator=args.density_estimator,
+        accelerator=args.accelerator,
+        random_state=args.random_state,
+        progress_bar=not args.no_progress,
+        **kwargs,
+    )
+    _write_h5ad(adata, out)
+    logging.getLogger("waddington").info("wrote %s", out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------------------------
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="simulate a toggle switch, fit the models and write figures and a scored report",
+        description=(
+            "Simulate the toggle switch; run the prior, LSD, fates and knockouts of both master regulators; fit "
+            "pseudodynamics to the branching population; write demo.h5ad, figures and a scored report.md."
+        ),
+    )
+    parser.add_argument("--out", default="waddington_demo", help="output directory (default waddington_demo/)")
+    parser.add_argument("--n-cells", type=_positive_int, default=2000, help="simulated cells (default 2000)")
+    parser.add_argument("--epochs", type=_positive_int, default=30, help="LSD training epochs (default 30)")
+    parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from ._demo import run_demo
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {str(out)!r} exists and is not a directory")
+    if not out.parent.exists():
+        raise CLIError(f"cannot create {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    run_demo(
+        out,
+        n_cells=args.n_cells,
+        n_epochs=args.epochs,
+        random_state=args.random_state,
+        progress_bar=not args.no_progress,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_simulate(subparsers)
+    _add_lsd(subparsers)
+    _add_pseudodynamics(subparsers)
+    _add_demo(subparsers)
     return parser
 
 

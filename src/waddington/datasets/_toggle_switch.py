@@ -337,7 +337,10 @@ def _preprocess(adata: AnnData, *, random_state: int) -> None:
     seed = int(random_state)
     n_comps = min(30, adata.n_vars - 1, adata.n_obs - 1)
     sc.pp.pca(adata, n_comps=n_comps, random_state=seed)
-    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", random_state=seed)
+    # From 4,096 cells scanpy switches to pynndescent, whose sparse output scanpy 1.11 cannot read with scipy's
+    # csr_array (AttributeError 'getnnz'); exact neighbours from scikit-learn work at every size.
+    transformer = "sklearn" if adata.n_obs >= 4096 else None
+    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", random_state=seed, transformer=transformer)
     sc.tl.leiden(adata, flavor="igraph", n_iterations=2, directed=False, key_added="clusters", random_state=seed)
     adata.uns["iroot"] = int(np.argmin(adata.obs["true_time"].to_numpy()))
     sc.tl.diffmap(adata, random_state=seed)

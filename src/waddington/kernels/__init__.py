@@ -1,1 +1,3 @@
 """CellRank kernels built from our results."""
+
+from ._lsd_kernel import LSDKernel

@@ -1,1 +1,3 @@
 """Preprocessing: priors and inputs computed from an AnnData."""
+
+from ._lsd_prior import lsd_prior

@@ -1,0 +1,244 @@
+"""wd.tl.pseudodynamics / pseudodynamics_predict: slots, signs, mass scaling, round trip, determinism, bad input."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import waddington as wd
+
+FAST = {
+    "max_epochs": 2,
+    "steps_per_epoch": 3,
+    "pretrain_steps": 30,
+    "batch_size": 40,
+    "hidden": (16, 16),
+    "progress_bar": False,
+}
+
+
+def _small_1d(n=60, seed=0):
+    """Cells drifting right and growing: two clouds per time point in 1-D, population doubling per day."""
+    rng = np.random.default_rng(seed)
+    times = np.array([0.0, 1.0, 2.0])
+    X = np.concatenate([rng.normal(0.2 + 0.2 * t, 0.05, n) for t in times])[:, None]
+    adata = ad.AnnData(np.zeros((X.shape[0], 1), dtype=np.float32))
+    adata.obs["day"] = np.repeat(times, n)
+    adata.obsm["X_state"] = X
+    adata.uns["pop"] = {"t": times, "mean": 100.0 * 2.0**times, "std": 5.0 * np.ones(3), "n_lib": 3 * np.ones(3)}
+    return adata
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.set_num_threads(1)
+    adata = _small_1d()
+    wd.tl.pseudodynamics(adata, time_key="day", state_key="X_state", random_state=0, **FAST)
+    return adata
+
+
+def test_pseudodynamics_writes_every_slot(fitted):
+    a = fitted
+    n = a.n_obs
+    for key in ("pd_growth", "pd_diffusion", "pd_density", "pd_divergence"):
+        assert key in a.obs and np.isfinite(a.obs[key]).all(), key
+    assert a.obsm["pd_velocity"].shape == (n, 1)
+    for name in ("growth", "diffusion", "density", "speed", "divergence"):
+        table = a.obsm[f"pd_{name}_by_time"]
+        assert isinstance(table, pd.DataFrame) and table.shape == (n, 3)
+        assert list(table.columns) == ["0", "1", "2"]
+    assert set(a.obs["pd_split"].unique()) == {"train", "val"}
+    uns = a.uns["pseudodynamics"]
+    params = uns["params"]
+    assert params["state_key"] == "X_state" and params["n_dims"] == 1 and params["time_key"] == "day"
+    assert params["growth_loss_mode"] == "logratio" and params["residual_mode"] == "raw"
+    assert {"architecture", "weights"} <= set(uns["model"])
+    assert len(uns["history"]["train_loss"]) == 2 and len(uns["history"]["val_loss"]) == 2
+    assert uns["population"]["fitted"].shape == (3,)
+    # own-time columns equal the per-time table at each cell's time
+    own = a.obsm["pd_growth_by_time"].to_numpy()[np.arange(n), np.repeat([0, 1, 2], 60)]
+    np.testing.assert_allclose(a.obs["pd_growth"], own)
+
+
+def test_growth_warm_start_gives_the_population_rate_and_diffusion_is_positive(fitted):
+    # g starts at log(N_T/N_0)/(t_T - t_0) = log 2 per day; a few steps keep it near that value
+    assert abs(np.median(fitted.obs["pd_growth"]) - np.log(2.0)) < 0.35
+    assert (fitted.obs["pd_diffusion"] > 0).all()
+
+
+def test_observed_density_is_scaled_to_the_population_size():
+    from waddington.models.pseudodynamics import observed_log_density
+
+    adata = _small_1d(n=200)
+    X = adata.obsm["X_state"]
+    ti = np.repeat([0, 1, 2], 200)
+    pop = adata.uns["pop"]["mean"]
+    grid = np.linspace(-0.5, 1.5, 4001)[:, None]
+    log_u, _ = observed_log_density(np.r_[X, grid], np.r_[ti, -np.ones(len(grid), int)], pop)
+    integral = np.trapezoid(np.exp(log_u[:, len(X) :]), grid[:, 0], axis=1)
+    np.testing.assert_allclose(integral, pop, rtol=1e-3)
+
+
+def test_fitted_density_at_cells_is_in_absolute_units(fitted):
+    # pd_density integrates to N(t): at the first time point its cell average over p̂ is N_0 × E[p̂] — order 100s
+    dens = fitted.obs["pd_density"][fitted.obs["day"] == 0].median()
+    assert 100 < dens < 100 * 20
+
+
+def test_same_seed_is_bit_identical_and_predict_survives_h5ad_round_trip(fitted, tmp_path):
+    again = _small_1d()
+    wd.tl.pseudodynamics(again, time_key="day", state_key="X_state", random_state=0, **FAST)
+    np.testing.assert_array_equal(again.obs["pd_growth"].to_numpy(), fitted.obs["pd_growth"].to_numpy())
+    np.testing.assert_array_equal(again.obsm["pd_velocity"], fitted.obsm["pd_velocity"])
+    path = tmp_path / "pd.h5ad"
+    fitted.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    pred = wd.tl.pseudodynamics_predict(back, times=[0.0, 0.5, 2.0])
+    assert pred["growth"].shape == (back.n_obs, 3) and pred["velocity"].shape == (back.n_obs, 3, 1)
+    np.testing.assert_allclose(pred["growth"][:, 0], fitted.obsm["pd_growth_by_time"]["0"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred["density"][:, 2], fitted.obsm["pd_density_by_time"]["2"], rtol=1e-4)
+    states = np.array([[0.1], [0.5]])
+    assert wd.tl.pseudodynamics_predict(back, times=[1.0], states=states)["speed"].shape == (2, 1)
+
+
+def test_split_is_reused_and_copy_leaves_input_untouched(fitted):
+    a = _small_1d()
+    a.obs["pd_split"] = fitted.obs["pd_split"].to_numpy()
+    out = wd.tl.pseudodynamics(a, time_key="day", state_key="X_state", copy=True, **FAST)
+    assert "pd_growth" not in a.obs and "pseudodynamics" not in a.uns
+    assert (out.obs["pd_split"].astype(str) == fitted.obs["pd_split"].astype(str)).all()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {
+            "residual_mode": "ginv",
+            "growth_loss_mode": "massbalance",
+            "growth_pop_ref": "cellsum",
+            "density_estimator": "gmm",
+        },
+        {
+            "residual_mode": "rcg",
+            "rcg_warmup_steps": 2,
+            "cfm_unbalanced_reg_m": 1.0,
+            "d_penalty_mode": "legacy",
+            "d_var_weight": 0.1,
+            "ode_form": "linear",
+            "growth_loss_mode": "legacy",
+            "g_init_rate": None,
+        },
+        {
+            "cfm_weight": 0.0,
+            "time_dependent": False,
+            "d_positive": False,
+            "d_clip": (-0.01, 0.01),
+            "divergence": "hutchinson",
+            "cfm_loops": 2,
+            "bw": 0.5,
+            "zero_growth": True,
+        },
+    ],
+)
+def test_every_training_option_runs_and_is_stored(options):
+    a = _small_1d(n=40)
+    wd.tl.pseudodynamics(a, time_key="day", state_key="X_state", **{**FAST, "max_epochs": 1}, **options)
+    params = a.uns["pseudodynamics"]["params"]
+    for key, value in options.items():
+        stored = params[key]
+        expected = "None" if value is None else (list(value) if isinstance(value, tuple) else value)
+        assert (list(stored) if isinstance(stored, np.ndarray) else stored) == expected, key
+    assert np.isfinite(a.obs["pd_growth"]).all()
+    if options.get("zero_growth"):
+        assert (a.obs["pd_growth"] == 0).all()
+
+
+def test_config_object_is_accepted_and_keywords_override_it():
+    from waddington.models.pseudodynamics import PseudodynamicsConfig
+
+    a = _small_1d(n=40)
+    cfg = PseudodynamicsConfig(
+        residual_mode="ginv", max_epochs=1, steps_per_epoch=2, pretrain_steps=5, batch_size=40, hidden=(8,)
+    )
+    wd.tl.pseudodynamics(a, time_key="day", state_key="X_state", config=cfg, growth_weight=3.0, progress_bar=False)
+    params = a.uns["pseudodynamics"]["params"]
+    assert params["residual_mode"] == "ginv" and params["growth_weight"] == 3.0 and list(params["hidden"]) == [8]
+
+
+def test_displacement_points_to_later_cells():
+    from waddington.tl._pseudodynamics import _knn_graph, knn_displacement, smoothed_time_pseudotime
+
+    a = _small_1d(n=80)
+    X = a.obsm["X_state"]
+    graph = _knn_graph(X, 10)
+    pt = smoothed_time_pseudotime(graph, a.obs["day"].to_numpy())
+    dx = knn_displacement(X, graph, pt)
+    assert (dx[:, 0] >= 0).mean() > 0.9
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _call(a, **kw):
+    wd.tl.pseudodynamics(a, time_key="day", state_key="X_state", **{**FAST, **kw})
+
+
+def _unchanged(a, ref):
+    assert set(a.obs.columns) == set(ref.obs.columns) and set(a.obsm) == set(ref.obsm) and set(a.uns) == set(ref.uns)
+
+
+def test_missing_population_table_names_the_slot():
+    a = _small_1d(n=20)
+    del a.uns["pop"]
+    ref = a.copy()
+    with pytest.raises(KeyError, match=r"uns.*'pop'.*population=None"):
+        _call(a)
+    _unchanged(a, ref)
+
+
+def test_population_table_with_unequal_lengths_or_missing_mean_is_rejected():
+    a = _small_1d(n=20)
+    a.uns["pop"] = {"t": [0.0, 1.0, 2.0], "mean": [1.0, 2.0]}
+    with pytest.raises(ValueError, match="equal length"):
+        _call(a)
+    a.uns["pop"] = {"t": [0.0, 1.0, 2.0], "std": [1.0, 2.0, 3.0]}
+    with pytest.raises(KeyError, match="'mean'"):
+        _call(a)
+    assert "pd_growth" not in a.obs
+
+
+def test_time_not_in_population_table_is_rejected():
+    a = _small_1d(n=20)
+    a.uns["pop"] = pd.DataFrame({"t": [0.0, 1.0], "mean": [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"time point\(s\) \[2.0\].*not in adata.uns\['pop'\]\['t'\]"):
+        _call(a)
+    assert "pd_split" not in a.obs
+
+
+def test_single_time_point_is_rejected():
+    a = _small_1d(n=20)
+    a = a[a.obs["day"] == 0].copy()
+    with pytest.raises(ValueError, match="single time point"):
+        _call(a)
+
+
+def test_nan_states_are_rejected():
+    a = _small_1d(n=20)
+    a.obsm["X_state"][3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"obsm\['X_state'\].*non-finite"):
+        _call(a)
+    assert "pd_split" not in a.obs
+
+
+def test_n_dims_larger_than_embedding_is_rejected():
+    a = _small_1d(n=20)
+    with pytest.raises(ValueError, match=r"n_dims=3.*1 column"):
+        _call(a, n_dims=3)
+
+
+def test_population_none_falls_back_to_cell_numbers(caplog):
+    a = _small_1d(n=30)
+    del a.uns["pop"]
+    with caplog.at_level("WARNING", logger="waddington"):
+        _call(a, population=None, max_epochs=1)
+    assert "sequenced cells" in caplog.text
+    assert "pd_growth" in a.obs
