@@ -1,0 +1,147 @@
+"""Benchmark of wd.tl.pseudodynamics on the ground-truth simulators.
+
+Prints, for the main option combinations (residual raw / ginv / rcg; growth logratio / massbalance; with and
+without conditional flow matching), the recovery scores against the truth and the training time, plus the cost of
+one training step of 200 cells with one torch thread (the reference pseudodynamics+ needs 0.16 s per such step:
+an adaptive dopri5 adjoint solve with ~33 right-hand-side evaluations; here a fixed 3-node Gauss–Legendre
+quadrature and no adjoint).
+
+Run (about 20-30 min on 2 quiet cores):
+
+    python benchmarks/pseudodynamics.py | tee benchmarks/results/pseudodynamics.txt
+
+``--quick`` trains fewer epochs for a smoke run; ``--only-defaults`` runs the default configuration only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+import waddington as wd
+from waddington.models.pseudodynamics import (
+    PseudodynamicsConfig,
+    PseudodynamicsModule,
+    PseudodynamicsNet,
+    TrainingData,
+    observed_log_density,
+)
+from waddington.models.pseudodynamics.training import PairBatches
+
+COMBOS = {
+    "default (raw, logratio, CFM)": {},
+    "residual ginv": {"residual_mode": "ginv"},
+    "residual rcg": {"residual_mode": "rcg"},
+    "growth massbalance": {"growth_loss_mode": "massbalance"},
+    "no CFM": {"cfm_weight": 0.0},
+    "CFM unbalanced (reg_m=1)": {"cfm_unbalanced_reg_m": 1.0},
+}
+
+
+def scores(adata) -> dict[str, float]:
+    g, tg = adata.obs["pd_growth"].to_numpy(), adata.obs["true_g"].to_numpy()
+    v, tv = np.asarray(adata.obsm["pd_velocity"]), np.asarray(adata.obsm["true_v"])
+    D, tD = adata.obs["pd_diffusion"].to_numpy(), adata.obs["true_D"].to_numpy()
+    rel = lambda x, y: float(np.linalg.norm(x - y) / np.linalg.norm(y))
+    cos = (v * tv).sum(1) / (np.linalg.norm(v, axis=1) * np.linalg.norm(tv, axis=1) + 1e-12)
+    pop = adata.uns["pseudodynamics"]["population"]
+    n_true = np.asarray(adata.uns["truth"]["N"], dtype=float)
+    return {
+        "g_r": float(np.corrcoef(g, tg)[0, 1]),
+        "g_rel": rel(g, tg),
+        "v_r": float(np.corrcoef(v.ravel(), tv.ravel())[0, 1]),
+        "v_rel": rel(v, tv),
+        "v_cos": float(cos.mean()),
+        "D_ratio": float(np.median(D / tD)),
+        "N_fit_err": float(np.max(np.abs(pop["fitted"] / n_true - 1))),
+        "N_g_err": float(np.max(np.abs(pop["implied"] / n_true - 1))),
+    }
+
+
+def step_seconds(adata, n_steps: int = 30, batch_size: int = 200, **options) -> float:
+    """Seconds per training step (forward + backward + Adam) of ``batch_size`` cells, one torch thread."""
+    torch.set_num_threads(1)
+    X = np.asarray(adata.obsm["X_state"], dtype=float)
+    times, ti = np.unique(adata.obs["day"].to_numpy(), return_inverse=True)
+    pop = np.asarray(adata.uns["pop"]["mean"], dtype=float)
+    pop = pop / pop[0]
+    log_u, _ = observed_log_density(X, ti, pop)
+    cfg = PseudodynamicsConfig(batch_size=batch_size, **options)
+    data = TrainingData(X, ti, times, log_u, np.log(pop))
+    net = PseudodynamicsNet(X.shape[1], state_center=X.mean(0), state_scale=X.std(0), time_center=2.5, time_scale=2.5)
+    module = PseudodynamicsModule(net, cfg, len(times) - 1)
+    batches = PairBatches(data, np.arange(X.shape[0]), cfg, n_steps + 5, seed=0)
+    it = iter(batches)
+    opt = module.optimizer
+
+    def one(b):
+        loss = module.batch_losses(b, train=True)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        one(next(it))
+    items = [next(it) for _ in range(n_steps)]
+    start = time.perf_counter()
+    for b in items:
+        one(b)
+    return (time.perf_counter() - start) / n_steps
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only-defaults", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(f"# pseudodynamics benchmark — torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(f"# training with torch.set_num_threads({args.threads}); step timing with 1 thread")
+    print()
+    one_d = wd.datasets.population_1d(random_state=0)
+    branching = wd.datasets.population_branching(random_state=0)
+    print("## seconds per training step of 200 cells, 1 torch thread (reference pseudodynamics+: 0.16 s)")
+    for name, ad_, opts in [
+        ("population_1d (d=1)", one_d, {}),
+        ("population_branching (d=2)", branching, {}),
+        ("population_branching, residual rcg", branching, {"residual_mode": "rcg"}),
+        ("population_branching, no CFM", branching, {"cfm_weight": 0.0}),
+    ]:
+        sec = step_seconds(ad_, **opts)
+        print(f"{name:45s} {sec * 1e3:7.1f} ms/step   ({0.16 / sec:5.1f}x faster than 0.16 s)")
+    print()
+    extra = {"max_epochs": 20} if args.quick else {}
+    combos = {"default (raw, logratio, CFM)": {}} if args.only_defaults else COMBOS
+    header = f"{'dataset':22s} {'options':30s} " + " ".join(
+        f"{k:>9s}" for k in ("g_r", "g_rel", "v_r", "v_rel", "v_cos", "D_ratio", "N_fit_err", "N_g_err")
+    )
+    print("## recovery against the truth (defaults unless stated); N_*_err = max relative error over time points")
+    print(header + "    epochs   s/epoch   total s")
+    datasets = [
+        ("population_1d", wd.datasets.population_1d),
+        ("population_branching", wd.datasets.population_branching),
+    ]
+    # defaults on both datasets first, then the other combinations
+    runs = [(ds, combo) for combo in combos for ds in datasets]
+    for (ds_name, factory), combo in runs:
+        opts = combos[combo]
+        torch.set_num_threads(args.threads)
+        adata = factory(random_state=0)
+        start = time.perf_counter()
+        wd.tl.pseudodynamics(
+            adata, time_key="day", state_key="X_state", progress_bar=False, accelerator="cpu", **opts, **extra
+        )
+        total = time.perf_counter() - start
+        info = adata.uns["pseudodynamics"]["training"]
+        sc = scores(adata)
+        line = f"{ds_name:22s} {combo:30s} " + " ".join(f"{sc[k]:9.3f}" for k in sc)
+        epochs = int(info["n_epochs"])
+        print(line + f"  {epochs:7d} {info['seconds'] / max(epochs, 1):8.2f} {total:9.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
