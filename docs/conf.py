@@ -57,3 +57,15 @@ html_theme_options = {
     "navigation_with_keys": False,
 }
 pygments_style = "default"
+
+
+def _plain_cite(name, rawtext, text, lineno, inliner, options=None, content=None):
+    """Render ``:cite:`key``` (used in docstrings that LSDKernel inherits from CellRank) as the key in brackets."""
+    from docutils import nodes
+
+    return [nodes.inline(rawtext, f"[{text}]")], []
+
+
+def setup(app):
+    """Register the ``cite`` role without pulling in sphinxcontrib-bibtex (we have no bibliography)."""
+    app.add_role("cite", _plain_cite)

@@ -327,17 +327,18 @@ def pseudodynamics(
 
     Returns
     -------
-    ``None`` (or a new AnnData with ``copy=True``) with, at each cell's own time point:
+    AnnData or None
+        A new AnnData with ``copy=True``, otherwise ``None``. Writes, at each cell's own time point:
 
-    - ``obs['pd_growth']``, ``obs['pd_diffusion']``, ``obs['pd_density']`` (cells per unit state volume; its
-      integral is ``N(t)``), ``obs['pd_divergence']`` (``∇·v``), ``obsm['pd_velocity']`` (n × n_dims, in the
-      state space used);
-    - ``obsm['pd_{growth,diffusion,density,speed,divergence}_by_time']``: DataFrames cells × time points;
-    - ``obs[split_key]``;
-    - ``uns[key_added]``: ``params`` (every option, ``time_key``, ``state_key``, ``n_dims``), ``history``,
-      ``training`` (best epoch, seconds, …), ``model`` (weights as arrays + architecture, see
-      :func:`pseudodynamics_predict`), ``population``
-      (observed, fitted ``∫u ds`` and growth-implied ``N(t)`` on the time points and on a fine grid).
+        - ``obs['pd_growth']``, ``obs['pd_diffusion']``, ``obs['pd_density']`` (cells per unit state volume; its
+          integral is ``N(t)``), ``obs['pd_divergence']`` (``∇·v``), ``obsm['pd_velocity']`` (n × n_dims, in the
+          state space used);
+        - ``obsm['pd_{growth,diffusion,density,speed,divergence}_by_time']``: DataFrames cells × time points;
+        - ``obs[split_key]``;
+        - ``uns[key_added]``: ``params`` (every option, ``time_key``, ``state_key``, ``n_dims``), ``history``,
+          ``training`` (best epoch, seconds, …), ``model`` (weights as arrays + architecture, see
+          :func:`pseudodynamics_predict`), ``population``
+          (observed, fitted ``∫u ds`` and growth-implied ``N(t)`` on the time points and on a fine grid).
 
     Notes
     -----
