@@ -8,45 +8,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
 import scipy.sparse as sp
-import torch
 
 import waddington as wd
 from waddington.pl._streamlines import embedding_arrows
-
-SMALL = {
-    "x_encoder": [64, 32],
-    "z_decoder": [32, 64],
-    "xl_encoder": [16],
-    "z_encoder": [16],
-    "B_decoder": [16],
-    "potential": [16, 16],
-}
-
-
-def toggle_lsd(n_cells=400, n_genes=100, n_epochs=10, n_walks=512, layer_dims=SMALL, umap=False, seed=0):
-    """Toggle switch -> scanpy preprocessing -> LSD prior -> LSD; terminal clusters named by their true fate."""
-    torch.set_num_threads(1)
-    adata = wd.datasets.toggle_switch(
-        n_cells=n_cells, n_genes=n_genes, n_trajectories=max(200, n_cells // 5), preprocess=False, random_state=seed
-    )
-    sc.pp.pca(adata, n_comps=15, random_state=seed)
-    sc.pp.neighbors(adata, n_neighbors=15, random_state=seed)
-    sc.tl.leiden(adata, flavor="igraph", n_iterations=2, key_added="clusters", random_state=seed, resolution=0.6)
-    adata.uns["iroot"] = int(np.argmin(adata.obs["true_time"].to_numpy()))
-    sc.tl.diffmap(adata, random_state=seed)
-    sc.tl.dpt(adata)
-    if umap:
-        sc.tl.umap(adata, random_state=seed)
-    wd.pp.lsd_prior(adata, "dpt_pseudotime")
-    wd.tl.lsd(adata, n_epochs=n_epochs, n_walks=n_walks, layer_dims=layer_dims, progress_bar=False, accelerator="cpu")
-    obs = adata.obs
-    mean_t = obs.groupby("clusters", observed=True)["true_time"].mean()
-    major = {c: obs.loc[obs["clusters"] == c, "true_fate"].value_counts().idxmax() for c in mean_t.index}
-    terminal = {f: max((c for c in mean_t.index if major[c] == f), key=mean_t.get) for f in ("Ery", "Mye")}
-    adata.obs["is_progenitor"] = (obs["true_time"] <= adata.uns["truth"]["progenitor_time"]).astype(str)
-    return adata, terminal
 
 
 def fate_scores(adata, terminal):
@@ -79,7 +44,7 @@ def time_alignment(adata, basis, key):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(toggle_lsd):
     adata, terminal = toggle_lsd()
     wd.tl.lsd_fates(
         adata, cluster_key="clusters", terminal_states=list(terminal.values()), n_samples=20, progress_bar=False
@@ -168,7 +133,7 @@ def test_streamlines_point_along_true_time(trained):
 
 
 @pytest.mark.slow
-def test_fate_targets_full_size():
+def test_fate_targets_full_size(toggle_lsd):
     """Toggle-switch defaults (2000 cells x 500 genes): accuracy, probabilities, streamlines on UMAP."""
     medium = {"x_encoder": [128, 64], "z_decoder": [64, 128], "xl_encoder": [32], "z_encoder": [32], "B_decoder": [32]}
     adata, terminal = toggle_lsd(n_cells=2000, n_genes=500, n_epochs=30, n_walks=2048, layer_dims=medium, umap=True)

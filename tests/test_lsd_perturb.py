@@ -4,41 +4,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
-import torch
 
 import waddington as wd
-
-SMALL = {
-    "x_encoder": [64, 32],
-    "z_decoder": [32, 64],
-    "xl_encoder": [16],
-    "z_encoder": [16],
-    "B_decoder": [16],
-    "potential": [16, 16],
-}
-
-
-def toggle_lsd(n_cells=400, n_genes=100, n_epochs=10, n_walks=512, layer_dims=SMALL, seed=0):
-    """Toggle switch -> scanpy preprocessing -> LSD prior -> LSD; terminal clusters named by their true fate."""
-    torch.set_num_threads(1)
-    adata = wd.datasets.toggle_switch(
-        n_cells=n_cells, n_genes=n_genes, n_trajectories=max(200, n_cells // 5), preprocess=False, random_state=seed
-    )
-    sc.pp.pca(adata, n_comps=15, random_state=seed)
-    sc.pp.neighbors(adata, n_neighbors=15, random_state=seed)
-    sc.tl.leiden(adata, flavor="igraph", n_iterations=2, key_added="clusters", random_state=seed, resolution=0.6)
-    adata.uns["iroot"] = int(np.argmin(adata.obs["true_time"].to_numpy()))
-    sc.tl.diffmap(adata, random_state=seed)
-    sc.tl.dpt(adata)
-    wd.pp.lsd_prior(adata, "dpt_pseudotime")
-    wd.tl.lsd(adata, n_epochs=n_epochs, n_walks=n_walks, layer_dims=layer_dims, progress_bar=False, accelerator="cpu")
-    obs = adata.obs
-    mean_t = obs.groupby("clusters", observed=True)["true_time"].mean()
-    major = {c: obs.loc[obs["clusters"] == c, "true_fate"].value_counts().idxmax() for c in mean_t.index}
-    terminal = {f: max((c for c in mean_t.index if major[c] == f), key=mean_t.get) for f in ("Ery", "Mye")}
-    adata.obs["is_progenitor"] = (obs["true_time"] <= adata.uns["truth"]["progenitor_time"]).astype(str)
-    return adata, terminal
 
 
 def shift(df, gene, fate_cluster):
@@ -52,7 +19,7 @@ def true_shift(adata, knockout, fate):
 
 
 @pytest.fixture(scope="module")
-def screen():
+def screen(toggle_lsd):
     adata, terminal = toggle_lsd()
     genes = ["Gata1", "Spi1", "Noise_1", "Noise_2"]
     df = wd.tl.lsd_perturb(
@@ -124,7 +91,7 @@ def test_errors_name_the_problem(screen):
 
 
 @pytest.mark.slow
-def test_knockout_targets_full_size():
+def test_knockout_targets_full_size(toggle_lsd):
     """Toggle-switch defaults: each master regulator's knockout shifts fates by >= half the true shift."""
     medium = {"x_encoder": [128, 64], "z_decoder": [64, 128], "xl_encoder": [32], "z_encoder": [32], "B_decoder": [32]}
     adata, terminal = toggle_lsd(n_cells=2000, n_genes=500, n_epochs=30, n_walks=2048, layer_dims=medium)

@@ -207,7 +207,8 @@ def _section_downstream(adata: AnnData, out: Path, state: dict[str, Any]) -> str
 
     ko = table[table["gene"].isin(["Gata1", "Spi1", *noise])]
     ko_rows = "\n".join(
-        f"| {r.gene} | {r.fate} | {r.fraction_unperturbed:.3f} | {r.fraction_perturbed:.3f} | {r.pval_adj:.2g} |"
+        f"| {r.gene} | {r.fate} | {r.fraction_unperturbed:.3f} | {r.fraction_perturbed:.3f} | {r.pval_adj:.2g} "
+        f"| {'yes' if r.significant else 'no'} |"
         for r in ko.itertuples()
     )
     return (
@@ -219,7 +220,8 @@ def _section_downstream(adata: AnnData, out: Path, state: dict[str, Any]) -> str
         f"| fate accuracy, first half of true time | {scores['accuracy_first_half']:.3f} |\n"
         f"| mean P(Ery) over progenitors (truth {scores['true_p_ery_progenitors']:.3f}) | "
         f"{scores['mean_p_ery_progenitors']:.3f} |\n\n"
-        "| gene | fate cluster | fraction, control | fraction, knockout | adjusted p |\n|---|---|---|---|---|\n"
+        "| gene | fate cluster | fraction, control | fraction, knockout | adjusted p | significant |\n"
+        "|---|---|---|---|---|---|\n"
         f"{ko_rows}\n\n"
         "![streamlines](lsd_streamlines.png)\n\n![landscape](lsd_landscape.png)\n\n"
         "![fates](lsd_fates.png)\n\n![knockouts](lsd_perturbation.png)\n"
