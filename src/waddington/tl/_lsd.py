@@ -52,7 +52,7 @@ def _log_expression(adata: AnnData) -> np.ndarray | sp.csr_matrix:
 def _batched(fn, x: np.ndarray | sp.csr_matrix, device, batch: int = 2048) -> list[np.ndarray]:
     import torch
 
-    from waddington.models.lsd.training import gather_rows
+    from waddington.models.lsd.rows import gather_rows
 
     outs: list[list[np.ndarray]] = []
     n = x.shape[0]

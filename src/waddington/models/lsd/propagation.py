@@ -16,14 +16,9 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 
+from .rows import gather_rows
+
 __all__ = ["Snapper", "flow", "propagate_fates", "propagate_perturbation"]
-
-
-def _rows(mat: np.ndarray | sp.csr_matrix, idx: np.ndarray) -> np.ndarray:
-    """Dense float32 copy of rows ``idx`` (only those rows are densified)."""
-    if sp.issparse(mat):
-        return mat[idx].toarray().astype(np.float32, copy=False)
-    return np.array(mat[idx], dtype=np.float32)
 
 
 class Snapper:
@@ -129,7 +124,7 @@ def propagate_fates(
     ends, end_states, samples, paths = [], [], [], []
     for start in range(0, cells.size, batch_size):
         idx = cells[start : start + batch_size]
-        xb = _rows(X, idx)
+        xb = gather_rows(X, idx)
         with torch.no_grad():
             loc, scale = module.encode(torch.from_numpy(xb).to(device))
         out = flow(module, loc, t_end, n_steps, return_path=return_paths)
@@ -245,7 +240,7 @@ def propagate_perturbation(
                 eps_all[r] = torch.randn((n_samples, n_rounds, z_dim), generator=gen)
             eps_all = eps_all.reshape(idx.size * n_samples, n_rounds, z_dim).to(device)
         for k in range(n_rounds):
-            xb = _rows(X, current)
+            xb = gather_rows(X, current)
             if cols is not None:
                 xb[:, cols] = lev
             z = _encode(module, xb, device, None if eps_all is None else eps_all[:, k])

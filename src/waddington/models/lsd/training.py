@@ -15,16 +15,10 @@ from pyro.infer import Trace_ELBO
 from torch.utils.data import DataLoader, IterableDataset
 
 from .model import LSDModule
+from .rows import gather_rows
 from .walks import WalkSampler
 
-__all__ = ["LSDTrainingPlan", "WalkBatches", "fit_lsd", "gather_rows"]
-
-
-def gather_rows(mat: np.ndarray | sp.csr_matrix, idx: np.ndarray) -> np.ndarray:
-    """Dense float32 rows ``idx`` of a CSR matrix or ndarray (only those rows are densified)."""
-    if sp.issparse(mat):
-        return mat[idx].toarray().astype(np.float32, copy=False)
-    return np.asarray(mat[idx], dtype=np.float32)
+__all__ = ["LSDTrainingPlan", "WalkBatches", "fit_lsd"]
 
 
 class WalkBatches(IterableDataset):
