@@ -5,12 +5,19 @@ Model (per cell of a walk of length L; ``τ_k = exp(k/(L−1))`` the position la
 * ``B ~ N(RNN(x_walk), 10)`` — differentiation state, prior mean from an RNN over the walk's log-expression;
 * ``z ~ N(μ(B), σ(B)·τ_k)`` — cell state;
 * ``ℓ ~ LogNormal(mean log ℓ, sd log ℓ)`` — library size (log-scale prior; the reference uses raw-scale moments);
-* ``x_raw ~ ZINB(gate(z), θ, logits = log(ℓ ρ(z) + 1e−3) − log(θ + 1e−3))``.
+* ``x_raw ~ ZINB(gate(z), θ, logits = log(ℓ ρ(z) + 1e−3) − log(θ + 1e−3))`` (:class:`~.likelihood.ZINBCounts`).
 
 Guide: ``z ~ N(ẑ, s(x))`` where ``ẑ`` is the gradient flow ``dz/dt = −∇V(z)`` started at the encoding of the walk's
 first cell and read at ``t = linspace(0, 1, L)``; ``B ~ N(q(B|z)·τ_k)``; ``ℓ ~ LogNormal(q(ℓ|x))``. Two guide
 factors add the penalties ``V_coeff · max V²`` and ``W_coeff · Σ W2(q(z|x_k), q(z|x_{k−1}))``. Everything sits in
 one plate scaled by ``1/(N·G)`` as in the reference.
+
+A batch may hold each *distinct* cell once (``x``, ``x_raw``) with ``rows`` mapping the walk-major positions to
+them: the encoders q(z|x) and q(ℓ|x) then run once per distinct cell. Walks started from a pseudotime-biased prior
+crowd into the same late cells (a batch of 256 walks × 10 steps on 2,000 cells holds about 770 distinct cells), so
+this removes about two thirds of the encoder work. Their BatchNorm layers weight each cell by its multiplicity, so
+outputs and gradients are those of encoding every walk position (BatchNorm over the distinct cells alone changes
+the model: on a 500-cell toggle switch it learned a reversed potential for three seeds out of three).
 
 The ODE is integrated with a fixed-step classical Runge–Kutta scheme (``ode_substeps`` steps per walk interval)
 instead of the reference's adaptive dopri5 at rtol 1e−7: the flow is smooth and the read-out grid is fixed by the
@@ -30,6 +37,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .likelihood import ZINBCounts, gamma_terms
 from .networks import GaussianMLP, PotentialNet, PriorRNN, ZDecoder
 
 __all__ = ["DEFAULT_LAYER_DIMS", "LSDModule"]
@@ -143,14 +151,16 @@ class LSDModule(nn.Module):
         f = self._field if create_graph else self.drift
         out = [z0]
         z = z0
-        for k in range(t.shape[0] - 1):
-            h = (t[k + 1] - t[k]) / n_sub
+        times = t.detach().cpu().tolist()  # step sizes as Python floats: fused ``add(alpha=)``, no scalar tensors
+        for k in range(len(times) - 1):
+            h = (times[k + 1] - times[k]) / n_sub
             for _ in range(n_sub):
                 k1 = f(z)
-                k2 = f(z + 0.5 * h * k1)
-                k3 = f(z + 0.5 * h * k2)
-                k4 = f(z + h * k3)
-                z = z + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+                k2 = f(torch.add(z, k1, alpha=0.5 * h))
+                k3 = f(torch.add(z, k2, alpha=0.5 * h))
+                k4 = f(torch.add(z, k3, alpha=h))
+                incr = torch.add(torch.add(k1, k4), torch.add(k2, k3), alpha=2.0)
+                z = torch.add(z, incr, alpha=h / 6.0)
             out.append(z)
         return torch.stack(out)
 
@@ -176,11 +186,22 @@ class LSDModule(nn.Module):
         kl_weight: float = 1.0,
         w_coeff: float = 0.0,
         v_coeff: float = 0.0,
+        rows: torch.Tensor | None = None,
+        log_factorial: torch.Tensor | None = None,
     ) -> None:
-        """Generative model p(x_raw, z, B, ℓ | walk) for a batch of ``n_walks`` walks of ``length`` cells (walk-major)."""
+        """Generative model p(x_raw, z, B, ℓ | walk) for a batch of ``n_walks`` walks of ``length`` cells (walk-major).
+
+        ``x``/``x_raw`` hold one row per walk position, or one per distinct cell with ``rows`` (walk-major positions
+        → row); ``library`` and ``log_factorial`` (``Σ_g log x_g!``) are per row of ``x_raw``.
+        """
+        theta = self.log_theta.exp()
+        gamma_term = gamma_terms(x_raw, theta)
+        if rows is not None:
+            x, x_raw, gamma_term = x[rows], x_raw[rows], gamma_term[rows]
+            library = None if library is None else library[rows]
+            log_factorial = None if log_factorial is None else log_factorial[rows]
         n, g = x.shape
         tau = _lattice(length, x.device).repeat(n_walks).unsqueeze(-1)
-        theta = self.log_theta.exp()
         with poutine.scale(scale=1.0 / (n * g)), pyro.plate("cells", n):
             m_b = self.prior_rnn(x.view(n_walks, length, g))
             with poutine.scale(scale=kl_weight):
@@ -194,12 +215,9 @@ class LSDModule(nn.Module):
                 lib = pyro.sample("l", dist.LogNormal(loc, scale).to_event(1))
             else:
                 lib = library.unsqueeze(-1)
-            logits = torch.log(lib * rho + 1e-3) - torch.log(theta + 1e-3)
             pyro.sample(
                 "x",
-                dist.ZeroInflatedNegativeBinomial(
-                    total_count=theta, logits=logits, gate_logits=gate_logits, validate_args=False
-                ).to_event(1),
+                ZINBCounts(theta, lib * rho, gate_logits, eps=1e-3, log_factorial=log_factorial, gamma_term=gamma_term),
                 obs=x_raw,
             )
 
@@ -213,13 +231,19 @@ class LSDModule(nn.Module):
         kl_weight: float = 1.0,
         w_coeff: float = 0.0,
         v_coeff: float = 0.0,
+        rows: torch.Tensor | None = None,
+        log_factorial: torch.Tensor | None = None,
     ) -> None:
         """Variational guide: encoder + gradient flow for z, q(B|z), q(ℓ|x) and the two penalty factors."""
-        n, g = x.shape
+        g = x.shape[1]
+        n = n_walks * length
         tau = _lattice(length, x.device).repeat(n_walks).unsqueeze(-1)
         with poutine.scale(scale=1.0 / (n * g)), pyro.plate("cells", n):
-            m_x, s_x = self.x_encoder(x)
+            counts = None if rows is None else torch.bincount(rows, minlength=x.shape[0])
+            m_x, s_x = self.x_encoder(x, counts)
             v = self.potential_net(m_x)
+            if rows is not None:
+                m_x, s_x, v = m_x[rows], s_x[rows], v[rows]
             pyro.factor("V_l2_reg", v_coeff * v.pow(2).max(), has_rsample=True)
             z0 = m_x.view(n_walks, length, -1)[:, 0]
             t = torch.linspace(0.0, 1.0, length, device=x.device)
@@ -229,7 +253,9 @@ class LSDModule(nn.Module):
             with poutine.scale(scale=kl_weight):
                 pyro.sample("B", dist.Normal(b_loc, b_scale * tau).to_event(1))
             if library is None:
-                l_loc, l_scale = self.l_encoder(x)
+                l_loc, l_scale = self.l_encoder(x, counts)
+                if rows is not None:
+                    l_loc, l_scale = l_loc[rows], l_scale[rows]
                 pyro.sample("l", dist.LogNormal(l_loc, l_scale).to_event(1))
             m = m_x.view(n_walks, length, -1)
             s = s_x.view(n_walks, length, -1)

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from pyro.infer import Trace_ELBO
+from scipy.special import gammaln
 from torch.utils.data import DataLoader, IterableDataset
 
 from .model import LSDModule
@@ -24,9 +25,12 @@ __all__ = ["LSDTrainingPlan", "WalkBatches", "fit_lsd"]
 class WalkBatches(IterableDataset):
     """Per epoch: sample fresh walks from the prior, shuffle nothing more (walks are i.i.d.), yield batches.
 
-    Each batch holds the walk-major log-expression ``x`` and raw counts ``x_raw`` of ``batch_size × length`` cells,
-    gathered row by row from the (sparse or dense) matrices, so no (walks × length × genes) tensor is ever built.
-    Epoch ``e`` uses the generator ``default_rng([seed, e, rank])``: the same seed gives the same batches.
+    Each batch holds the log-expression ``x`` and raw counts ``x_raw`` of the *distinct* cells of its
+    ``batch_size × length`` walk positions, gathered from the (sparse or dense) matrices, and ``rows`` mapping
+    each walk-major position to its row; so no (walks × length × genes) tensor is ever built and every cell is
+    densified and encoded once per batch. ``log_factorial`` holds each row's ``Σ_g log x_g!``, computed once for
+    the data set. Epoch ``e`` uses the generator ``default_rng([seed, e, rank])``: the same seed gives the same
+    batches.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class WalkBatches(IterableDataset):
     ):
         super().__init__()
         self.x_log, self.counts, self.library = x_log, counts, library
+        self.log_factorial = _log_factorial_per_cell(counts)
         self.sampler = WalkSampler(transitions)
         self.n_walks, self.length, self.batch_size, self.seed = int(n_walks), int(length), int(batch_size), int(seed)
         self.epoch = 0
@@ -61,15 +66,27 @@ class WalkBatches(IterableDataset):
         walks = self.sampler.sample(self.n_walks, self.length, rng)
         for start in range(0, self.n_walks, self.batch_size):
             w = walks[start : start + self.batch_size]
-            idx = w.reshape(-1)
+            cells, rows = np.unique(w.reshape(-1), return_inverse=True)
             batch = {
-                "x": torch.from_numpy(gather_rows(self.x_log, idx)),
-                "x_raw": torch.from_numpy(gather_rows(self.counts, idx)),
+                "x": torch.from_numpy(gather_rows(self.x_log, cells)),
+                "x_raw": torch.from_numpy(gather_rows(self.counts, cells)),
+                "rows": torch.from_numpy(rows.astype(np.int64)),
+                "log_factorial": torch.from_numpy(self.log_factorial[cells]),
                 "walks": torch.from_numpy(w),
             }
             if self.library is not None:
-                batch["library"] = torch.from_numpy(self.library[idx].astype(np.float32))
+                batch["library"] = torch.from_numpy(self.library[cells].astype(np.float32))
             yield batch
+
+
+def _log_factorial_per_cell(counts: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """``Σ_g log(x_g!)`` per cell (float32), the count-only constant of the ZINB likelihood, computed once."""
+    if sp.issparse(counts):
+        csr = sp.csr_matrix(counts)
+        vals = gammaln(csr.data.astype(np.float64) + 1.0)
+        out = sp.csr_matrix((vals, csr.indices, csr.indptr), shape=csr.shape).sum(axis=1)
+        return np.asarray(out, dtype=np.float32).ravel()
+    return gammaln(np.asarray(counts, dtype=np.float64) + 1.0).sum(axis=1).astype(np.float32)
 
 
 class LSDTrainingPlan(pl.LightningModule):
@@ -128,6 +145,8 @@ class LSDTrainingPlan(pl.LightningModule):
             self.kl_weight,
             self.w_coeff(self.current_epoch),
             self.V_coeff,
+            batch.get("rows"),
+            batch.get("log_factorial"),
         )
         pm = float(self.module.last["potential_metric"])
         self._sum["loss"] += float(loss.detach()) * int(n_walks)
@@ -149,7 +168,9 @@ class LSDTrainingPlan(pl.LightningModule):
         self._sum = {"loss": 0.0, "potential_metric": 0.0, "n": 0}
 
     def configure_optimizers(self):  # noqa: D102
-        opt = torch.optim.Adam(self.module.parameters(), lr=self.lr)
+        # the fused (single-kernel) Adam is about 5× cheaper per step than the per-parameter loop on CPU
+        device = next(self.module.parameters()).device.type
+        opt = torch.optim.Adam(self.module.parameters(), lr=self.lr, fused=device in ("cpu", "cuda"))
         sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             opt, T_0=self.lr_T0, T_mult=self.lr_T_mult, eta_min=self.lr_min
         )
