@@ -164,3 +164,56 @@ def test_weighted_log_mse_gives_floor_cells_a_small_weight():
     floor = torch.tensor(-23.0)
     # prediction far above the floor where the data is at the floor is penalised
     assert weighted_log_mse(target, torch.tensor([0.0, 0.0]), floor, 1.0).item() > 0
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "silu", "elu"])
+@pytest.mark.parametrize(("time_dependent", "clip", "positive"), [(True, None, True), (False, (0.01, 0.05), False)])
+def test_forward_mode_pde_terms_equal_the_autograd_operators(d, activation, time_dependent, clip, positive):
+    from waddington.models.pseudodynamics import operators
+
+    torch.manual_seed(d)
+    net = PseudodynamicsNet(
+        d,
+        hidden=(16, 16),
+        activation=activation,
+        time_dependent=time_dependent,
+        state_center=torch.randn(d),
+        state_scale=torch.rand(d) + 0.5,
+        time_center=1.0,
+        time_scale=2.0,
+        diffusion_clip=clip,
+        diffusion_positive=positive,
+        growth_init=0.2,
+    ).double()
+    s = torch.randn(40, d, dtype=torch.float64)
+    t = torch.rand(40, dtype=torch.float64) * 4
+    jets = pde_terms(net, s, t, method="exact")
+    assert operators._jets_supported(net)
+    # the same terms by nested autograd (the path every other network takes)
+    auto = {}
+    s_ = s.clone().requires_grad_(True)
+    t_ = t.clone().requires_grad_(True)
+    log_u = net.log_density(s_, t_)
+    dl_ds, dl_dt = torch.autograd.grad(log_u.sum(), (s_, t_), create_graph=True)
+    auto["lap"] = laplacian(log_u, s_)
+    auto["div_v"] = divergence(net.velocity(s_, t_), s_)
+    dD = torch.autograd.grad(net.diffusion(s_, t_).sum(), s_, create_graph=True)[0]
+    torch.testing.assert_close(jets["log_u"], log_u)
+    torch.testing.assert_close(jets["grad_log_u"], dl_ds)
+    torch.testing.assert_close(jets["dlogu_dt"], dl_dt)
+    torch.testing.assert_close(jets["div_v"], auto["div_v"])
+    D = net.diffusion(s_, t_)
+    want_diffusion = D * (auto["lap"] + (dl_ds**2).sum(-1)) + (dD * dl_ds).sum(-1)
+    torch.testing.assert_close(jets["diffusion"], want_diffusion)
+    want_rhs = net.growth(s_, t_) - auto["div_v"] - (net.velocity(s_, t_) * dl_ds).sum(-1) + want_diffusion
+    torch.testing.assert_close(jets["rhs"], want_rhs)
+    # and the same parameter gradients of a loss on the residual
+    params = list(net.parameters())
+    g_jet = torch.autograd.grad((jets["residual"] ** 2).sum(), params, allow_unused=True)
+    g_auto = torch.autograd.grad(((dl_dt - want_rhs) ** 2).sum(), params, allow_unused=True)
+    for a, b in zip(g_jet, g_auto, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None or float((a if a is not None else b).abs().max()) == 0.0
+        else:
+            torch.testing.assert_close(a, b)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
+from waddington.models._optim import adam
+
 from . import losses
 from .networks import PseudodynamicsNet
 from .operators import pde_terms
@@ -274,7 +276,7 @@ class PseudodynamicsModule(lp.LightningModule):
         self._epoch_sums: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "val": defaultdict(list)}
         self.rcg_steps = 0
 
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.optimizer = adam(self.net.parameters(), lr=cfg.lr)
 
     def configure_optimizers(self):
         """The Adam optimiser shared with the surrogate pre-training, with a per-epoch cosine decay to lr/20."""
