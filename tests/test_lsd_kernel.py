@@ -82,3 +82,15 @@ def test_kernel_errors_name_the_slot(toggle):
         wd.kernels.LSDKernel(adata)
     with pytest.raises(ValueError, match="beta"):
         wd.kernels.LSDKernel(toggle).compute_transition_matrix(beta=-1.0)
+
+
+def test_import_is_light_and_kernels_load_on_first_access():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, waddington as wd; assert 'cellrank' not in sys.modules, 'cellrank imported eagerly'; "
+        "k = wd.kernels.LSDKernel; from waddington.kernels import LSDKernel; assert k is LSDKernel; "
+        "assert 'cellrank' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -300,10 +300,8 @@ def pseudodynamics(
     deltax_weight
         Weight of ``-cos(Δx, v)`` (velocity direction supervision).
     divergence, n_probes
-        ``"exact"`` traces, ``"hutchinson"`` (``n_probes`` Rademacher probes, unbiased) or ``"auto"`` (exact up
-        to 5 dimensions). Exact terms are carried forward through the networks as derivatives ("jets",
-        :func:`~waddington.models.pseudodynamics.operators.mlp_jet`), so a training step needs no higher-order
-        autograd; Hutchinson probes use nested autograd (one backward pass per probe).
+        ``"exact"`` traces (one backward pass per dimension), ``"hutchinson"`` (``n_probes`` Rademacher probes,
+        unbiased) or ``"auto"`` (exact up to 5 dimensions).
     lr_schedule
         ``"cosine"`` (default: decay to ``lr/20`` over ``max_epochs``) or ``"constant"`` (the reference configured a
         cyclic schedule but never stepped it).
