@@ -130,3 +130,57 @@ def test_walk_batches_hold_each_cell_once_and_map_walk_positions_back():
         )
         seen += walks.shape[0]
     assert seen == 40
+
+
+def test_midpoint_flow_stays_close_to_accurate_rk4_and_methods_are_validated():
+    from waddington.models.lsd.model import LSDModule
+
+    torch.manual_seed(0)
+    module = LSDModule(20, ode_method="midpoint")
+    with torch.no_grad():  # a potential steep enough to move the states by O(1), as a trained one does
+        module.potential_net.g.fill_(4.0)
+        for p in module.potential_net.net.parameters():
+            p.mul_(2.0)
+    z0 = torch.randn(64, module.z_dim)
+    t = torch.linspace(0.0, 1.0, 10)
+    with torch.no_grad():
+        accurate = module._flow(z0, t, create_graph=False, substeps=32, method="rk4")
+        midpoint = module._flow(z0, t, create_graph=False)
+        rk4 = module._flow(z0, t, create_graph=False, method="rk4")
+    moved = (accurate[-1] - accurate[0]).norm(dim=-1).median()
+    assert moved > 0.1  # the flow does move the states
+    assert (midpoint - accurate).norm(dim=-1).max() < 0.01 * moved
+    assert (rk4 - accurate).norm(dim=-1).max() < (midpoint - accurate).norm(dim=-1).max()
+    # integrate() (used after training) always takes classical RK4 steps
+    np.testing.assert_allclose(module.integrate(z0, t).numpy(), rk4.numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="ode_method"):
+        LSDModule(20, ode_method="euler")
+    # files written before the option existed were trained with RK4
+    arch = {k: v for k, v in module.arch.items() if k != "ode_method"}
+    assert LSDModule.from_state(arch, module.state_arrays()).ode_method == "rk4"
+
+
+def test_retain_freed_memory_keeps_pages_mapped_and_can_be_switched_off(monkeypatch):
+    import resource
+    import sys
+
+    from waddington.models import _malloc
+
+    if _malloc._glibc() is None:
+        pytest.skip("needs glibc")
+
+    def faults_per_round(rounds=4):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(rounds):
+            blocks = [np.ones(2_500_000, dtype=np.float32) for _ in range(12)]  # 12 × 10 MB, written
+            del blocks
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / rounds
+
+    with _malloc.retain_freed_memory():
+        faults_per_round(1)  # the first round maps the pages
+        inside = faults_per_round()
+    assert inside < 2_000  # 120 MB written per round is about 29,000 pages when they are returned each time
+    monkeypatch.setenv("WADDINGTON_NO_MALLOPT", "1")
+    assert _malloc._glibc() is None
+    with _malloc.retain_freed_memory():  # a no-op, still a working context manager
+        assert sys.platform

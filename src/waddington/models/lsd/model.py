@@ -19,10 +19,15 @@ this removes about two thirds of the encoder work. Their BatchNorm layers weight
 outputs and gradients are those of encoding every walk position (BatchNorm over the distinct cells alone changes
 the model: on a 500-cell toggle switch it learned a reversed potential for three seeds out of three).
 
-The ODE is integrated with a fixed-step classical Runge–Kutta scheme (``ode_substeps`` steps per walk interval)
+The ODE is integrated with a fixed-step explicit Runge–Kutta scheme (``ode_substeps`` steps per walk interval)
 instead of the reference's adaptive dopri5 at rtol 1e−7: the flow is smooth and the read-out grid is fixed by the
-walk, so a few RK4 steps are accurate to well below the posterior scale, cost a fixed number of potential
-gradients per step, and keep training time per step constant as the potential sharpens.
+walk, so a few steps are accurate to well below the posterior scale, cost a fixed number of potential gradients
+per step, and keep training time per step constant as the potential sharpens. Training uses the explicit
+midpoint rule (``ode_method="midpoint"``, 2 gradients per step) by default: on the trained 2,000-cell toggle
+switch its largest deviation from a 32-substep RK4 solution over all cells is 3.6e−3, 0.4 % of the posterior
+scale the states are sampled with (median scale 0.48), and it halves the flow's share of a training step (about
+a fifth of it with classical RK4, ``ode_method="rk4"``, whose deviation is 4e−5). :meth:`LSDModule.integrate`,
+used after training, always takes classical RK4 steps.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ DEFAULT_LAYER_DIMS: dict[str, list[int]] = {
 }
 
 
+#: potential-gradient evaluations per step of each integration scheme
+_STAGES = {"midpoint": 2, "rk4": 4}
+
+
 def _lattice(length: int, device: torch.device) -> torch.Tensor:
     return torch.exp(torch.linspace(0.0, 1.0, length, device=device))
 
@@ -70,7 +79,10 @@ class LSDModule(nn.Module):
     potential_activation
         Activation of the potential network (``"logcosh"`` as in the reference).
     ode_substeps
-        RK4 steps per walk interval.
+        Integration steps per walk interval.
+    ode_method
+        Scheme of the flow during training: ``"midpoint"`` (explicit midpoint rule) or ``"rk4"`` (classical
+        Runge–Kutta).
     library_loc, library_scale
         Mean and standard deviation of log library size (prior of ℓ).
     prior_B_scale
@@ -86,6 +98,7 @@ class LSDModule(nn.Module):
         layer_dims: dict[str, list[int]] | None = None,
         potential_activation: str = "logcosh",
         ode_substeps: int = 1,
+        ode_method: str = "midpoint",
         library_loc: float = 0.0,
         library_scale: float = 1.0,
         prior_B_scale: float = 10.0,
@@ -103,12 +116,16 @@ class LSDModule(nn.Module):
             "layer_dims": dims,
             "potential_activation": str(potential_activation),
             "ode_substeps": int(ode_substeps),
+            "ode_method": str(ode_method),
             "library_loc": float(library_loc),
             "library_scale": float(library_scale),
             "prior_B_scale": float(prior_B_scale),
         }
         self.n_genes, self.z_dim, self.B_dim = int(n_genes), int(z_dim), int(B_dim)
+        if ode_method not in _STAGES:
+            raise ValueError(f"`ode_method` must be one of {sorted(_STAGES)}, got {ode_method!r}.")
         self.ode_substeps = int(ode_substeps)
+        self.ode_method = str(ode_method)
         self.x_encoder = GaussianMLP(n_genes, dims["x_encoder"], z_dim, batch_norm=True)
         self.z_encoder = GaussianMLP(z_dim, dims["z_encoder"], B_dim, batch_norm=False)
         self.l_encoder = GaussianMLP(n_genes, dims["xl_encoder"], 1, batch_norm=True)
@@ -144,10 +161,17 @@ class LSDModule(nn.Module):
         with torch.no_grad():
             return self._field(z).detach()
 
-    def _rk4(
-        self, z0: torch.Tensor, t: torch.Tensor, *, create_graph: bool, substeps: int | None = None
+    def _flow(
+        self,
+        z0: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        create_graph: bool,
+        substeps: int | None = None,
+        method: str | None = None,
     ) -> torch.Tensor:
         n_sub = self.ode_substeps if substeps is None else int(substeps)
+        method = self.ode_method if method is None else method
         f = self._field if create_graph else self.drift
         out = [z0]
         z = z0
@@ -155,6 +179,9 @@ class LSDModule(nn.Module):
         for k in range(len(times) - 1):
             h = (times[k + 1] - times[k]) / n_sub
             for _ in range(n_sub):
+                if method == "midpoint":
+                    z = torch.add(z, f(torch.add(z, f(z), alpha=0.5 * h)), alpha=h)
+                    continue
                 k1 = f(z)
                 k2 = f(torch.add(z, k1, alpha=0.5 * h))
                 k3 = f(torch.add(z, k2, alpha=0.5 * h))
@@ -172,7 +199,7 @@ class LSDModule(nn.Module):
         """
         t = torch.as_tensor(t, dtype=z0.dtype, device=z0.device)
         with torch.no_grad():
-            return self._rk4(z0.detach(), t, create_graph=False, substeps=substeps).detach()
+            return self._flow(z0.detach(), t, create_graph=False, substeps=substeps, method="rk4").detach()
 
     # ----------------------------------------------------------------------------------------------------------
     # Pyro model and guide
@@ -247,7 +274,7 @@ class LSDModule(nn.Module):
             pyro.factor("V_l2_reg", v_coeff * v.pow(2).max(), has_rsample=True)
             z0 = m_x.view(n_walks, length, -1)[:, 0]
             t = torch.linspace(0.0, 1.0, length, device=x.device)
-            z_hat = self._rk4(z0, t, create_graph=True).transpose(0, 1).reshape(n, -1)
+            z_hat = self._flow(z0, t, create_graph=True).transpose(0, 1).reshape(n, -1)
             z = pyro.sample("z", dist.Normal(z_hat, s_x).to_event(1))
             b_loc, b_scale = self.z_encoder(z)
             with poutine.scale(scale=kl_weight):
@@ -281,6 +308,7 @@ class LSDModule(nn.Module):
             "B_dim": int(arch["B_dim"]),
             "potential_activation": str(arch["potential_activation"]),
             "ode_substeps": int(arch["ode_substeps"]),
+            "ode_method": str(arch.get("ode_method", "rk4")),  # files written before the option trained with RK4
             "library_loc": float(arch["library_loc"]),
             "library_scale": float(arch["library_scale"]),
             "prior_B_scale": float(arch["prior_B_scale"]),
