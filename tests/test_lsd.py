@@ -248,6 +248,13 @@ def test_non_integer_counts_rejected(small):
     assert "lsd" not in adata.uns
 
 
+def test_unknown_ode_method_rejected_before_anything_is_written(small):
+    adata = small.copy()
+    with pytest.raises(ValueError, match="ode_method"):
+        wd.tl.lsd(adata, ode_method="euler", **TINY)
+    assert "lsd" not in adata.uns and "lsd_potential" not in adata.obs
+
+
 def test_missing_prior_and_graph_named(small):
     adata = small.copy()
     del adata.obsp["lsd_prior_transitions"]

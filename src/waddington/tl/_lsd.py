@@ -253,7 +253,7 @@ def lsd(
     >>> wd.tl.lsd(adata, n_epochs=30)  # doctest: +SKIP
     >>> adata.obs["lsd_potential"]  # doctest: +SKIP
     """
-    from waddington.models.lsd.model import LSDModule
+    from waddington.models.lsd.model import ODE_METHODS, LSDModule
     from waddington.models.lsd.training import LSDTrainingPlan, WalkBatches, fit_lsd
 
     # ---- validate and pull arrays (nothing is written before training has finished)
@@ -268,8 +268,8 @@ def lsd(
     }.items():
         if int(val) < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {val!r}.")
-    if ode_method not in ("midpoint", "rk4"):
-        raise ValueError(f"`ode_method` must be 'midpoint' or 'rk4', got {ode_method!r}.")
+    if ode_method not in ODE_METHODS:
+        raise ValueError(f"`ode_method` must be one of {ODE_METHODS}, got {ode_method!r}.")
     if int(potential_smoothing) < 0:
         raise ValueError(f"`potential_smoothing` must be a non-negative integer, got {potential_smoothing!r}.")
     if not np.isfinite(transition_beta) or transition_beta < 0:

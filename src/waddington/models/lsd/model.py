@@ -45,7 +45,7 @@ from torch import nn
 from .likelihood import ZINBCounts, gamma_terms
 from .networks import GaussianMLP, PotentialNet, PriorRNN, ZDecoder
 
-__all__ = ["DEFAULT_LAYER_DIMS", "LSDModule"]
+__all__ = ["DEFAULT_LAYER_DIMS", "LSDModule", "ODE_METHODS"]
 
 DEFAULT_LAYER_DIMS: dict[str, list[int]] = {
     "x_encoder": [512, 256],
@@ -57,8 +57,8 @@ DEFAULT_LAYER_DIMS: dict[str, list[int]] = {
 }
 
 
-#: potential-gradient evaluations per step of each integration scheme
-_STAGES = {"midpoint": 2, "rk4": 4}
+#: integration schemes of the training flow (midpoint: 2 potential gradients per step, rk4: 4)
+ODE_METHODS = ("midpoint", "rk4")
 
 
 def _lattice(length: int, device: torch.device) -> torch.Tensor:
@@ -122,8 +122,8 @@ class LSDModule(nn.Module):
             "prior_B_scale": float(prior_B_scale),
         }
         self.n_genes, self.z_dim, self.B_dim = int(n_genes), int(z_dim), int(B_dim)
-        if ode_method not in _STAGES:
-            raise ValueError(f"`ode_method` must be one of {sorted(_STAGES)}, got {ode_method!r}.")
+        if ode_method not in ODE_METHODS:
+            raise ValueError(f"`ode_method` must be one of {ODE_METHODS}, got {ode_method!r}.")
         self.ode_substeps = int(ode_substeps)
         self.ode_method = str(ode_method)
         self.x_encoder = GaussianMLP(n_genes, dims["x_encoder"], z_dim, batch_norm=True)
