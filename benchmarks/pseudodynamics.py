@@ -10,7 +10,9 @@ Run (about 20-30 min on 2 quiet cores):
 
     python benchmarks/pseudodynamics.py | tee benchmarks/results/pseudodynamics.txt
 
-``--quick`` trains fewer epochs for a smoke run; ``--only-defaults`` runs the default configuration only.
+``--quick`` trains fewer epochs for a smoke run; ``--only-defaults`` runs the default configuration only;
+``--overhead`` prints where a step's time goes (step time against batch size, operations per step and the
+machine's cost per tensor operation) and exits.
 """
 
 from __future__ import annotations
@@ -62,12 +64,8 @@ def scores(adata) -> dict[str, float]:
     }
 
 
-def step_seconds(adata, n_steps: int = 30, batch_size: int = 200, repeats: int = 5, **options) -> float:
-    """Seconds per training step (forward + backward + Adam) of ``batch_size`` cells, one torch thread.
-
-    The best of ``repeats`` passes over the same ``n_steps`` pre-drawn batches: on a shared machine single passes
-    of 30 steps varied by ±20 % between runs, and the minimum is the figure other tenants disturb least.
-    """
+def _step_setup(adata, n_steps: int, batch_size: int, **options):
+    """A fresh module and ``n_steps`` pre-drawn batches (after 5 warm-up steps), one torch thread."""
     torch.set_num_threads(1)
     X = np.asarray(adata.obsm["X_state"], dtype=float)
     times, ti = np.unique(adata.obs["day"].to_numpy(), return_inverse=True)
@@ -78,8 +76,7 @@ def step_seconds(adata, n_steps: int = 30, batch_size: int = 200, repeats: int =
     data = TrainingData(X, ti, times, log_u, np.log(pop))
     net = PseudodynamicsNet(X.shape[1], state_center=X.mean(0), state_scale=X.std(0), time_center=2.5, time_scale=2.5)
     module = PseudodynamicsModule(net, cfg, len(times) - 1)
-    batches = PairBatches(data, np.arange(X.shape[0]), cfg, n_steps + 5, seed=0)
-    it = iter(batches)
+    it = iter(PairBatches(data, np.arange(X.shape[0]), cfg, n_steps + 5, seed=0))
     opt = module.optimizer
 
     def one(b):
@@ -90,7 +87,16 @@ def step_seconds(adata, n_steps: int = 30, batch_size: int = 200, repeats: int =
 
     for _ in range(5):
         one(next(it))
-    items = [next(it) for _ in range(n_steps)]
+    return one, [next(it) for _ in range(n_steps)]
+
+
+def step_seconds(adata, n_steps: int = 30, batch_size: int = 200, repeats: int = 5, **options) -> float:
+    """Seconds per training step (forward + backward + Adam) of ``batch_size`` cells, one torch thread.
+
+    The best of ``repeats`` passes over the same ``n_steps`` pre-drawn batches: on a shared machine single passes
+    of 30 steps varied by ±20 % between runs, and the minimum is the figure other tenants disturb least.
+    """
+    one, items = _step_setup(adata, n_steps, batch_size, **options)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -100,17 +106,72 @@ def step_seconds(adata, n_steps: int = 30, batch_size: int = 200, repeats: int =
     return best
 
 
+def _best_per_call(fn, calls: int, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def overhead(adata) -> None:
+    """Print step time against batch size, operations per step and the cost of one tiny tensor operation.
+
+    A step's fixed part (what a batch of a few cells still costs) is dispatch and autograd bookkeeping: it is the
+    number of operations times the machine's cost per operation, whatever the arithmetic.
+    """
+    torch.set_num_threads(1)
+    print("## where a step's time goes (population_1d, 1 torch thread)")
+    setups = {b: _step_setup(adata, 20, b) for b in (25, 50, 100, 200)}
+    best = dict.fromkeys(setups, float("inf"))
+    for _ in range(4):  # alternate the batch sizes so that a drift of the machine's speed hits all of them
+        for b, (one, items) in setups.items():
+            best[b] = min(best[b], _best_per_call(lambda: [one(x) for x in items], 1, repeats=1) / len(items))
+    for b, sec in best.items():
+        print(f"batch {b:4d} cells: {sec * 1e3:6.1f} ms/step")
+    one, items = setups[200]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for x in items[:5]:
+            one(x)
+    events = prof.events()
+    top_level = sum(e.name.startswith("aten::") and e.cpu_parent is None for e in events) / 5
+    nodes = sum(e.name.startswith("autograd::engine::evaluate_function") for e in events) / 5
+    print(f"per step of 200 cells: {top_level:.0f} tensor operations called from Python, {nodes:.0f} autograd nodes")
+    x, y = torch.randn(8, 8), torch.randn(8, 8)
+    fwd = _best_per_call(lambda: x * y, 2000)
+    leaf = torch.randn(8, 8, requires_grad=True)
+
+    def chain():
+        z = leaf
+        for _ in range(100):
+            z = z * y
+        z.sum().backward()
+
+    per_node = _best_per_call(chain, 50) / 100
+    print(
+        f"one 8x8 multiplication: {fwd * 1e6:.1f} us; forward + backward per autograd node of a 100-node chain: "
+        f"{per_node * 1e6:.1f} us"
+    )
+    print()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only-defaults", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps-only", action="store_true", help="only the per-step timings")
+    parser.add_argument("--overhead", action="store_true", help="only where a step's time goes")
     args = parser.parse_args()
     print(f"# pseudodynamics benchmark — torch {torch.__version__}, {platform.processor() or platform.machine()}")
     print(f"# training with torch.set_num_threads({args.threads}); step timing with 1 thread")
     print()
     one_d = wd.datasets.population_1d(random_state=0)
+    if args.overhead:
+        overhead(one_d)
+        return
     branching = wd.datasets.population_branching(random_state=0)
     print("## seconds per training step of 200 cells, 1 torch thread (reference pseudodynamics+: 0.16 s)")
     for name, ad_, opts in [
