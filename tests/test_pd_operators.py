@@ -164,3 +164,16 @@ def test_weighted_log_mse_gives_floor_cells_a_small_weight():
     floor = torch.tensor(-23.0)
     # prediction far above the floor where the data is at the floor is penalised
     assert weighted_log_mse(target, torch.tensor([0.0, 0.0]), floor, 1.0).item() > 0
+
+
+def test_weighted_log_mse_rows_are_independent_fits():
+    # the pre-training fits every time point in one (T, n) call: each row must be the 1-D loss with its own floor
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(4, 30, generator=gen, dtype=torch.float64) * 5
+    pred = torch.randn(4, 30, generator=gen, dtype=torch.float64) * 5
+    floors = torch.tensor([-3.0, -1.0, 0.0, -10.0], dtype=torch.float64)
+    rows = weighted_log_mse(target, pred, floors[:, None], 2.0)
+    assert rows.shape == (4,)
+    for k in range(4):
+        assert torch.allclose(rows[k], weighted_log_mse(target[k], pred[k], floors[k], 2.0), rtol=1e-12)
+    assert weighted_log_mse(target[0], pred[0], floors[0], 2.0).dim() == 0

@@ -18,6 +18,10 @@ import torch
 def weighted_log_mse(target: torch.Tensor, pred: torch.Tensor, floor: torch.Tensor, alpha: float) -> torch.Tensor:
     """Reference's weighted log-MSE: clamp both at ``floor``, weights ``(target - floor + 1)^α`` normalised to one.
 
+    The sum runs over the last axis. Leading axes are independent fits (one per time point, say), each with its
+    own normalised weights and ``floor`` broadcast against them, and the result keeps those axes, so a ``(T, n)``
+    call costs the operations of one ``(n,)`` call.
+
     The floor is relative (per time point, ``max log u_obs - 23``, i.e. ``1e-10`` of the peak) instead of the
     reference's absolute ``-24``, which only made sense for its pooled-cell normalisation. The ``+ 1`` gives cells
     whose observed density is at the floor a small weight: with the reference's ``(target - floor)^α`` they have
@@ -26,8 +30,8 @@ def weighted_log_mse(target: torch.Tensor, pred: torch.Tensor, floor: torch.Tens
     x = torch.maximum(target, floor)
     xh = torch.maximum(pred, floor)
     w = (x - floor + 1.0).clamp_min(0) ** float(alpha) if alpha != 0 else torch.ones_like(x)
-    w = w / w.sum().clamp_min(1e-12)
-    return (w * (x - xh) ** 2).sum()
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    return (w * (x - xh) ** 2).sum(-1)
 
 
 def ode_consistency(

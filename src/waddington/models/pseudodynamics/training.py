@@ -539,23 +539,23 @@ def pretrain_density(
     opt = optimizer if optimizer is not None else torch.optim.Adam(net.parameters(), lr=cfg.lr)
     T = len(data.times)
     n = min(len(cells), max(cfg.batch_size, 512))
-    times = torch.as_tensor(data.times, dtype=torch.float32)
-    floors = torch.as_tensor(data.floors, dtype=torch.float32)
     device = next(net.parameters()).device
+    # everything that does not depend on the drawn cells is built once: at ~8 µs per tensor operation on a small
+    # CPU, the per-step conversions and a loop over time points cost as much as the network itself
+    t = torch.as_tensor(data.times, dtype=torch.float32, device=device).repeat_interleave(n)
+    floors = torch.as_tensor(data.floors, dtype=torch.float32, device=device).unsqueeze(1)
+    log_pop = torch.as_tensor(data.log_pop, dtype=torch.float32, device=device)
     trace = []
     for _ in range(int(cfg.pretrain_steps)):
         idx = rng.choice(cells, n, replace=False)
         s = torch.as_tensor(data.states[idx], device=device).repeat(T, 1)
-        t = times.repeat_interleave(n).to(device)
         target = torch.as_tensor(data.log_u[:, idx], dtype=torch.float32, device=device)
         pred = net.log_density(s, t).reshape(T, n)
-        loss = sum(
-            losses.weighted_log_mse(target[k], pred[k], floors[k].to(device), cfg.weight_intensity) for k in range(T)
-        ) * (2.0 / T)
+        # one weighted log-MSE per time point (rows), averaged over time points and counted for both ends of a pair
+        loss = losses.weighted_log_mse(target, pred, floors, cfg.weight_intensity).sum() * (2.0 / T)
         if cfg.mass_weight > 0:
             log_q = torch.as_tensor(data.log_q_pooled[idx], dtype=torch.float32, device=device)
             log_mass = torch.logsumexp(pred - log_q, dim=1) - math.log(n)
-            log_pop = torch.as_tensor(data.log_pop, dtype=torch.float32, device=device)
             loss = loss + cfg.mass_weight * ((log_mass - log_pop) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
