@@ -127,6 +127,25 @@ def test_ot_pairs_match_translated_clouds(reg_m):
         assert np.allclose(disp, [3.0, 0.0], atol=1e-8)
 
 
+def test_one_dimensional_ot_plan_is_the_network_simplex_plan():
+    # 1-D states take POT's sorting solver; where the optimum is unique it must be the exact network-simplex plan
+    import ot
+
+    from waddington.models.pseudodynamics.pairing import ot_plan
+
+    rng = np.random.default_rng(0)
+    for n0, n1 in [(50, 50), (40, 70)]:
+        x0 = rng.normal(size=(n0, 1))
+        x1 = rng.normal(size=(n1, 1)) * 0.5 + 1.0
+        plan = ot_plan(x0, x1)
+        exact = ot.emd(np.full(n0, 1 / n0), np.full(n1, 1 / n1), ot.dist(x0, x1))
+        np.testing.assert_allclose(plan, exact, atol=1e-12)
+        # and the matching is monotone: sorted sources go to sorted targets
+        i, j = np.nonzero(plan)
+        order = np.lexsort((x1[j, 0], x0[i, 0]))
+        assert np.all(np.diff(x1[j[order], 0]) >= 0)
+
+
 def test_growth_losses_vanish_at_the_true_growth_and_legacy_flips_sign_when_shrinking():
     B = 400
     rng = np.random.default_rng(0)

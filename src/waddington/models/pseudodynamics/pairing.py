@@ -33,6 +33,10 @@ def ot_plan(x0: np.ndarray, x1: np.ndarray, *, unbalanced_reg_m: float | None = 
     x1 = np.asarray(x1, dtype=np.float64)
     a = np.full(x0.shape[0], 1.0 / x0.shape[0])
     b = np.full(x1.shape[0], 1.0 / x1.shape[0])
+    if unbalanced_reg_m is None and x0.shape[1] == 1:
+        # on a line the squared-distance plan is the monotone (sorted) matching: POT's O(n log n) solver gives the
+        # plan of the network simplex (the same one wherever the optimum is unique) about 8x faster at 100 cells
+        return np.asarray(ot.emd_1d(x0[:, 0], x1[:, 0], a, b, metric="sqeuclidean"), dtype=np.float64)
     cost = ot.dist(x0, x1)
     mean = cost.mean()
     if mean > 0:
