@@ -1,7 +1,7 @@
 """Optimal-transport pairing of cells of consecutive time points for conditional flow matching (POT).
 
 Balanced pairing is the exact minibatch OT plan (``ot.emd``, as torchcfm's ``ExactOptimalTransportConditional
-FlowMatcher``); unbalanced pairing is POT's entropic ``sinkhorn_unbalanced`` with a relaxed marginal ``reg_m``,
+FlowMatcher``; ``ot.emd_1d`` for one-dimensional states, the same plan by sorting); unbalanced pairing is POT's entropic ``sinkhorn_unbalanced`` with a relaxed marginal ``reg_m``,
 which the reference found to avoid pairing cells into high-growth regions (cosine 0.72 → 0.90 on its synthetic
 data). Pairs are drawn from the plan with a numpy generator, so a seed fixes them.
 """
