@@ -97,13 +97,15 @@ def step_seconds(adata, n_steps: int = 30, batch_size: int = 200, repeats: int =
     of 30 steps varied by ±20 % between runs, and the minimum is the figure other tenants disturb least.
     """
     one, items = _step_setup(adata, n_steps, batch_size, **options)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for b in items:
-            one(b)
-        best = min(best, (time.perf_counter() - start) / n_steps)
-    return best
+    return min(_pass_seconds(one, items) for _ in range(repeats))
+
+
+def _pass_seconds(one, items) -> float:
+    """Seconds per step of one pass of ``one`` over the pre-drawn batches ``items``."""
+    start = time.perf_counter()
+    for b in items:
+        one(b)
+    return (time.perf_counter() - start) / len(items)
 
 
 def _best_per_call(fn, calls: int, repeats: int = 5) -> float:
@@ -128,10 +130,7 @@ def overhead(adata) -> None:
     best = dict.fromkeys(setups, float("inf"))
     for _ in range(4):  # alternate the batch sizes so that a drift of the machine's speed hits all of them
         for b, (one, items) in setups.items():
-            start = time.perf_counter()
-            for x in items:
-                one(x)
-            best[b] = min(best[b], (time.perf_counter() - start) / len(items))
+            best[b] = min(best[b], _pass_seconds(one, items))
     for b, sec in best.items():
         print(f"batch {b:4d} cells: {sec * 1e3:6.1f} ms/step")
     one, items = setups[200]
