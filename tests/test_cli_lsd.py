@@ -47,6 +47,9 @@ def test_lsd_command_writes_landscape(small_h5ad, tmp_path):
     assert res.obsm["X_lsd_cell_state"].shape == (120, 3)
     assert "lsd_potential" in res.obs and "lsd_transitions" in res.obsp and "lsd_prior_transitions" in res.obsp
     assert res.uns["lsd"]["params"]["n_walks"] == 64
+    # any other keyword of wd.tl.lsd through --set; an unknown one is a one-line error
+    rc = main(["-q", "lsd", *args, "--walk-length", "4", "--no-progress", "--set", "entropy_n_states=3"])
+    assert rc == 0 and ad.read_h5ad(out).uns["lsd"]["params"]["entropy_n_states"] == 3
 
 
 @pytest.mark.parametrize(
@@ -57,6 +60,7 @@ def test_lsd_command_writes_landscape(small_h5ad, tmp_path):
         (["IN", "-o", "x.h5ad", "--time-key", "nope"], "'nope'"),
         (["IN", "-o", "nodir/x.h5ad", "--time-key", "pt"], "does not exist"),
         (["IN", "-o", "x.h5ad", "--time-key", "pt", "--layer", "counts"], "counts"),
+        (["IN", "-o", "x.h5ad", "--time-key", "pt", "--set", "n_epoch=2"], "no such option"),
     ],
 )
 def test_lsd_command_bad_input_is_one_line_error(small_h5ad, tmp_path, capsys, monkeypatch, argv, message):

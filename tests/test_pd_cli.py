@@ -57,3 +57,23 @@ def test_pseudodynamics_command_reports_missing_population_in_one_line(tmp_path,
     )
     err = capsys.readouterr().err
     assert status == 2 and "uns" in err and "'pop'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pseudodynamics_command_passes_any_keyword_with_set(tmp_path, capsys):
+    src, out = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _write_small(src)
+    base = ["-q", "pseudodynamics", str(src), "-o", str(out), "--time-key", "day", "--state-key", "X_diffmap"]
+    fast = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "30", "--no-progress"]
+    status = main(
+        [*base, *fast, "--pretrain-steps", "7", "--key-added", "pd_run", "--set", "hidden=(8,)"]
+        + ["--set", "d_clip=(0.001, 1.0)", "--set", "d_penalty_mode=legacy"]
+    )
+    assert status == 0
+    params = ad.read_h5ad(out).uns["pd_run"]["params"]
+    assert params["pretrain_steps"] == 7 and list(params["hidden"]) == [8]
+    assert list(params["d_clip"]) == [0.001, 1.0] and params["d_penalty_mode"] == "legacy"
+    status = main([*base, *fast, "--set", "epochs=3"])
+    err = capsys.readouterr().err
+    assert status == 2 and "--set epochs" in err and "max_epochs" in err and len(err.strip().splitlines()) == 1
+    status = main([*base, *fast, "--set", "hidden"])
+    assert status == 2 and "NAME=VALUE" in capsys.readouterr().err

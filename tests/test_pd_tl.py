@@ -242,3 +242,95 @@ def test_population_none_falls_back_to_cell_numbers(caplog):
         _call(a, population=None, max_epochs=1)
     assert "sequenced cells" in caplog.text
     assert "pd_growth" in a.obs
+
+
+def test_dataframe_population_table_without_times_is_refused_not_matched_by_row():
+    # a read_csv table: a default 0, 1, 2 index that must not be taken for the times
+    a = _small_1d(n=20)
+    a.uns["pop"] = pd.DataFrame({"day_label": ["d2", "d1", "d0"], "mean": [400.0, 200.0, 100.0]})
+    ref = a.copy()
+    with pytest.raises(KeyError, match=r"without a 't' column.*set_index"):
+        _call(a)
+    _unchanged(a, ref)
+
+
+@pytest.mark.parametrize("layout", ["time_key column", "named index"])
+def test_population_table_times_from_a_time_key_column_or_index(layout):
+    a = _small_1d(n=20)
+    df = pd.DataFrame({"day": [2.0, 1.0, 0.0], "mean": [400.0, 200.0, 100.0]})
+    a.uns["pop"] = df if layout == "time_key column" else df.set_index("day")
+    _call(a, max_epochs=1)
+    pop = a.uns["pseudodynamics"]["population"]
+    np.testing.assert_array_equal(pop["t"], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(pop["observed_mean"], [100.0, 200.0, 400.0])
+
+
+def test_float32_times_match_a_float64_table():
+    a = _small_1d(n=20)
+    times = np.array([0.0, 1.1, 2.3])
+    a.obs["day"] = np.repeat(times, 20).astype(np.float32)
+    a.uns["pop"] = {"t": times, "mean": [100.0, 210.0, 460.0]}
+    _call(a, max_epochs=1)
+    np.testing.assert_array_equal(a.uns["pseudodynamics"]["params"]["times"], times)
+
+
+@pytest.mark.parametrize("kind", ["categorical numbers", "strings of numbers"])
+def test_categorical_or_string_times_of_numbers_are_accepted(kind):
+    a = _small_1d(n=20)
+    day = a.obs["day"].astype(int).astype(str)
+    a.obs["day"] = pd.Categorical(a.obs["day"].astype(int)) if kind == "categorical numbers" else day.to_numpy()
+    _call(a, max_epochs=1)
+    assert a.obs["pd_growth"].notna().all()
+    np.testing.assert_array_equal(a.uns["pseudodynamics"]["params"]["times"], [0.0, 1.0, 2.0])
+
+
+def test_time_labels_that_are_not_numbers_get_an_error_with_the_fix():
+    a = _small_1d(n=20)
+    a.obs["day"] = pd.Categorical("day" + a.obs["day"].astype(int).astype(str))
+    ref = a.copy()
+    with pytest.raises(TypeError, match=r"obs\['day'\] must hold numeric times, found 'day0'.*str.extract"):
+        _call(a)
+    _unchanged(a, ref)
+
+
+def test_constant_state_column_is_named():
+    a = _small_1d(n=20)
+    a.obsm["X_state"] = np.c_[a.obsm["X_state"], np.ones(a.n_obs)]
+    with pytest.raises(ValueError, match=r"obsm\['X_state'\] column\(s\) \[1\] are constant"):
+        _call(a)
+
+
+def test_non_finite_dpt_used_by_default_names_the_way_out():
+    a = _small_1d(n=20)
+    a.obs["dpt_pseudotime"] = np.linspace(0, 1, a.n_obs)
+    a.obs.loc[a.obs_names[0], "dpt_pseudotime"] = np.inf  # scanpy's value for a disconnected cell
+    with pytest.raises(ValueError, match=r"dpt_pseudotime.*non-finite.*pseudotime_key=.*deltax_weight=0"):
+        _call(a)
+
+
+def test_random_state_none_draws_and_records_a_seed():
+    a = _small_1d(n=20)
+    _call(a, max_epochs=1, random_state=None)
+    seed = a.uns["pseudodynamics"]["params"]["random_state"]
+    b = _small_1d(n=20)
+    _call(b, max_epochs=1, random_state=int(seed))
+    np.testing.assert_array_equal(a.obs["pd_growth"], b.obs["pd_growth"])
+
+
+def test_stored_params_can_be_passed_back_as_config(tmp_path):
+    a = _small_1d(n=20)
+    _call(a, max_epochs=1, d_clip=(1e-3, 1.0), residual_mode="ginv", cfm_unbalanced_reg_m=None)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    params = ad.read_h5ad(tmp_path / "a.h5ad").uns["pseudodynamics"]["params"]
+    b = _small_1d(n=20)
+    wd.tl.pseudodynamics(b, time_key="day", state_key="X_state", config=params)
+    np.testing.assert_array_equal(a.obs["pd_growth"], b.obs["pd_growth"])
+    assert b.uns["pseudodynamics"]["params"]["residual_mode"] == "ginv"
+
+
+def test_per_time_tables_keep_close_time_points_apart():
+    from waddington.tl._pseudodynamics import _time_labels
+
+    assert _time_labels(np.array([0.0, 1.0, 2.5])) == ["0", "1", "2.5"]
+    labels = _time_labels(np.array([1_000_000.0, 1_000_001.0]))
+    assert labels == ["1000000", "1000001"]

@@ -95,6 +95,18 @@ def test_pd_velocity_is_used_directly_in_its_state_space_and_projected_elsewhere
     assert _unit_mean(projected) @ [0.0, 1.0] > 0.95
 
 
+def test_pd_velocity_under_another_key_added(adata):
+    a = adata.copy()
+    a.uns["pd2"] = a.uns["pseudodynamics"]
+    a.obsm["pd2_velocity"] = -a.obsm["pd_velocity"]
+    _, direct = embedding_arrows(a, "X_state", key="pd2")
+    np.testing.assert_allclose(direct, -adata.obsm["pd_velocity"][:, :2])
+    _, projected = embedding_arrows(a, "umap", key="pd2")
+    assert _unit_mean(projected) @ [0.0, -1.0] > 0.95
+    _, alias = embedding_arrows(a, "X_state", key="pseudodynamics")
+    np.testing.assert_allclose(alias, adata.obsm["pd_velocity"][:, :2])
+
+
 def test_grid_smoothing_recovers_a_constant_field_and_masks_empty_space():
     rng = np.random.default_rng(1)
     X = np.vstack([rng.uniform(0, 1, (300, 2)), rng.uniform(9, 10, (300, 2))])  # two blobs, empty middle

@@ -78,6 +78,44 @@ def _nonnegative_int(value: str) -> int:
     return number
 
 
+def _add_set_option(parser: argparse.ArgumentParser, function: str) -> None:
+    parser.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=(
+            f"any other keyword of {function}, e.g. --set pretrain_steps=500 or --set 'd_clip=(0.001, 1)'; the "
+            "value is read as a Python literal (a bare word is a string); repeatable, and it wins over the flags above"
+        ),
+    )
+
+
+def _keyword_options(pairs: Sequence[str], func: Callable) -> dict:
+    """Parse ``NAME=VALUE`` pairs into keywords of ``func``, with a one-line error for unknown names."""
+    import ast
+    import inspect
+
+    params = inspect.signature(func).parameters
+    allowed = sorted(
+        n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("copy", "return_model")
+    )
+    out: dict = {}
+    for item in pairs:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise CLIError(f"--set expects NAME=VALUE, got {item!r}")
+        if name not in allowed:
+            raise CLIError(f"--set {name}: {func.__name__} has no such option; choose from {', '.join(allowed)}")
+        try:
+            out[name] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[name] = raw.strip()
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # simulate
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,6 +212,7 @@ def _add_lsd(subparsers) -> None:
     parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default auto)")
     parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_set_option(parser, "wd.tl.lsd")
     parser.set_defaults(func=_run_lsd)
 
 
@@ -181,6 +220,7 @@ def _run_lsd(args: argparse.Namespace) -> None:
     from . import pp, tl
 
     out = _writable_path(args.output)
+    extra = _keyword_options(args.options, tl.lsd)
     adata = _readable_h5ad(args.input)
     if args.time_key is not None:
         pp.lsd_prior(adata, args.time_key, beta=args.beta, graph_key=args.graph_key)
@@ -188,20 +228,20 @@ def _run_lsd(args: argparse.Namespace) -> None:
         raise CLIError(
             "no prior in obsp['lsd_prior_transitions']; pass --time-key naming a pseudotime column (e.g. dpt_pseudotime)"
         )
-    tl.lsd(
-        adata,
-        layer=args.layer,
-        n_epochs=args.epochs,
-        n_walks=args.walks,
-        walk_length=args.walk_length,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        z_dim=args.z_dim,
-        transition_beta=args.transition_beta,
-        accelerator=args.accelerator,
-        random_state=args.random_state,
-        progress_bar=not args.no_progress,
-    )
+    kwargs = {
+        "layer": args.layer,
+        "n_epochs": args.epochs,
+        "n_walks": args.walks,
+        "walk_length": args.walk_length,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "z_dim": args.z_dim,
+        "transition_beta": args.transition_beta,
+        "accelerator": args.accelerator,
+        "random_state": args.random_state,
+        "progress_bar": not args.no_progress,
+    }
+    tl.lsd(adata, **{**kwargs, **extra})
     _write_h5ad(adata, out)
     logging.getLogger("waddington").info("wrote %s", out)
 
@@ -223,7 +263,17 @@ def _add_pseudodynamics(subparsers) -> None:
     parser.add_argument("--time-key", required=True, help="obs column with the experimental time, e.g. day")
     parser.add_argument("--state-key", required=True, help="obsm key of the state space, e.g. X_diffmap")
     parser.add_argument("--n-dims", type=_positive_int, default=None, help="use the first n columns of the state")
-    parser.add_argument("--population", default="pop", help="uns key of the population table (default pop)")
+    parser.add_argument(
+        "--population",
+        default="pop",
+        help="uns key of the population table (default pop); None uses the numbers of sequenced cells (relative growth)",
+    )
+    parser.add_argument("--pseudotime-key", default=None, help="obs pseudotime orienting the kNN displacement")
+    parser.add_argument("--split-key", default="pd_split", help="obs column of the train/val split (default pd_split)")
+    parser.add_argument("--key-added", default="pseudodynamics", help="uns key of the results (default pseudodynamics)")
+    parser.add_argument(
+        "--pretrain-steps", type=_nonnegative_int, default=2000, help="density pre-training steps (default 2000)"
+    )
     parser.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default 100)")
     parser.add_argument("--steps-per-epoch", type=_positive_int, default=None, help="training steps per epoch")
     parser.add_argument("--batch-size", type=_positive_int, default=200, help="cells per step (default 200)")
@@ -241,6 +291,7 @@ def _add_pseudodynamics(subparsers) -> None:
     parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default auto)")
     parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_set_option(parser, "wd.tl.pseudodynamics")
     parser.set_defaults(func=_run_pseudodynamics)
 
 
@@ -248,30 +299,33 @@ def _run_pseudodynamics(args: argparse.Namespace) -> None:
     from . import tl
 
     out = _writable_path(args.output)
+    extra = _keyword_options(args.options, tl.pseudodynamics)
     adata = _readable_h5ad(args.input)
-    kwargs = {}
+    kwargs = {
+        "time_key": args.time_key,
+        "state_key": args.state_key,
+        "n_dims": args.n_dims,
+        "population": None if args.population == "None" else args.population,
+        "pseudotime_key": args.pseudotime_key,
+        "split_key": args.split_key,
+        "key_added": args.key_added,
+        "pretrain_steps": args.pretrain_steps,
+        "max_epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "growth_loss_mode": args.growth_loss_mode,
+        "growth_pop_ref": args.growth_pop_ref,
+        "residual_mode": args.residual_mode,
+        "cfm_unbalanced_reg_m": args.cfm_unbalanced_reg_m,
+        "density_estimator": args.density_estimator,
+        "accelerator": args.accelerator,
+        "random_state": args.random_state,
+        "progress_bar": not args.no_progress,
+    }
     if args.cfm_weight is not None:
         kwargs["cfm_weight"] = args.cfm_weight
-    tl.pseudodynamics(
-        adata,
-        time_key=args.time_key,
-        state_key=args.state_key,
-        n_dims=args.n_dims,
-        population=None if args.population == "None" else args.population,
-        max_epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        growth_loss_mode=args.growth_loss_mode,
-        growth_pop_ref=args.growth_pop_ref,
-        residual_mode=args.residual_mode,
-        cfm_unbalanced_reg_m=args.cfm_unbalanced_reg_m,
-        density_estimator=args.density_estimator,
-        accelerator=args.accelerator,
-        random_state=args.random_state,
-        progress_bar=not args.no_progress,
-        **kwargs,
-    )
+    tl.pseudodynamics(adata, **{**kwargs, **extra})
     _write_h5ad(adata, out)
     logging.getLogger("waddington").info("wrote %s", out)
 

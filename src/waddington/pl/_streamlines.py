@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,20 @@ def _row_normalize(P: sp.csr_matrix, where: str) -> sp.csr_matrix:
     return P
 
 
+def _pseudodynamics_keys(adata: AnnData, key: str) -> tuple[str, str] | None:
+    """``(uns key, slot prefix)`` when ``key`` names a pseudodynamics result, else ``None``.
+
+    ``"pd"`` and ``"pseudodynamics"`` name the default result; any other ``key_added`` of
+    :func:`waddington.tl.pseudodynamics` names its own (``uns[key]`` with a ``state_key`` and ``obsm[f"{key}_velocity"]``).
+    """
+    if key in ("pd", "pseudodynamics"):
+        return "pseudodynamics", "pd"
+    uns = adata.uns.get(key)
+    if isinstance(uns, Mapping) and "state_key" in uns.get("params", {}) and f"{key}_velocity" in adata.obsm:
+        return key, key
+    return None
+
+
 def transitions_key(adata: AnnData, key: str) -> str:
     """Name of the ``obsp`` entry that ``key`` refers to: ``key`` itself or ``f"{key}_transitions"``."""
     for cand in (key, f"{key}_transitions"):
@@ -69,8 +84,9 @@ def embedding_arrows(
     basis
         Embedding, looked up as ``adata.obsm[f"X_{basis}"]`` or ``adata.obsm[basis]``.
     key
-        ``"pd"`` for pseudodynamics' velocity, otherwise an ``obsp`` key holding a row-stochastic matrix
-        (``key`` or ``f"{key}_transitions"``, e.g. ``"lsd"``, ``"lsd_prior"``, ``"T_fwd"``).
+        ``"pd"`` for pseudodynamics' velocity (or the ``key_added`` of another pseudodynamics result), otherwise
+        an ``obsp`` key holding a row-stochastic matrix (``key`` or ``f"{key}_transitions"``, e.g. ``"lsd"``,
+        ``"lsd_prior"``, ``"T_fwd"``).
     components
         The two embedding columns to use (0-based).
     graph_key
@@ -89,18 +105,18 @@ def embedding_arrows(
         if graph_key in adata.obsp
         else None
     )
-    if key == "pd":
+    pd_keys = _pseudodynamics_keys(adata, key)
+    if pd_keys is not None:
+        uns_key, prefix = pd_keys
         fix = "run `wd.tl.pseudodynamics(adata, ...)` first"
-        uns = check_uns(adata, "pseudodynamics", fix=fix)
-        params = uns.get("params", {}) if isinstance(uns, dict) else {}
+        uns = check_uns(adata, uns_key, fix=fix)
+        params = uns.get("params", {}) if isinstance(uns, Mapping) else {}
         if "state_key" not in params:
-            raise KeyError(f"adata.uns['pseudodynamics']['params'] has no 'state_key'; {fix}.")
+            raise KeyError(f"adata.uns[{uns_key!r}]['params'] has no 'state_key'; {fix}.")
         state_key = str(params["state_key"])
-        vel = check_obsm(adata, "pd_velocity", fix=fix)
+        vel = check_obsm(adata, f"{prefix}_velocity", fix=fix)
         n_dims = int(params.get("n_dims", vel.shape[1]))
-        states = check_obsm(
-            adata, state_key, fix=f"adata.uns['pseudodynamics'] names state_key={state_key!r}; restore it"
-        )
+        states = check_obsm(adata, state_key, fix=f"adata.uns[{uns_key!r}] names state_key={state_key!r}; restore it")
         states, vel = states[:, :n_dims], vel[:, :n_dims]
         if emb_key == state_key:
             if max(components) >= n_dims:
@@ -166,7 +182,8 @@ def streamlines(
         ``"_transitions"``) holding a row-stochastic matrix works, e.g. ``"lsd_prior"`` or a CellRank kernel's
         ``"T_fwd"``. ``"pd"`` reads ``obsm["pd_velocity"]`` in the state space named by
         ``uns["pseudodynamics"]["params"]["state_key"]``: used directly when ``basis`` is that space, otherwise
-        turned into a cosine-softmax transition matrix on the kNN graph and projected.
+        turned into a cosine-softmax transition matrix on the kNN graph and projected. A pseudodynamics result
+        stored under another ``key_added`` (e.g. ``"pd2"``) is drawn with ``key="pd2"``.
     color
         ``obs`` column or gene to colour the cells by; categorical colours come from ``uns[f"{color}_colors"]``.
     components

@@ -18,8 +18,40 @@ _FIELDS_DOC = "run `wd.tl.pseudodynamics(adata, time_key=..., state_key=...)` fi
 
 
 # ----------------------------------------------------------------------------------------------- input helpers
-def _population_table(adata: AnnData, population) -> pd.DataFrame:
-    """Return the population table (columns t, mean, std, n_lib) from ``adata.uns[population]``."""
+def _numeric_time(adata: AnnData, time_key: str) -> np.ndarray:
+    """``adata.obs[time_key]`` as float64: numeric columns, and categorical or string columns of numbers."""
+    col = check_obs(adata, time_key, fix="store the experimental time of each cell there")
+    if pd.api.types.is_bool_dtype(col):
+        raise TypeError(f"adata.obs[{time_key!r}] must hold numeric times, found booleans.")
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        col = col.astype(col.cat.categories.dtype) if len(col.cat.categories) else col.astype(object)
+    if not pd.api.types.is_numeric_dtype(col):
+        converted = pd.to_numeric(col.astype(object), errors="coerce")
+        bad = converted.isna() & col.notna()
+        if bad.any():
+            example = col[bad].iloc[0]
+            raise TypeError(
+                f"adata.obs[{time_key!r}] must hold numeric times, found {example!r}; store them as numbers, e.g. "
+                f"`adata.obs['time'] = adata.obs[{time_key!r}].astype(str).str.extract(r'([-+]?[0-9]*[.]?[0-9]+)')"
+                "[0].astype(float)`, and pass `time_key='time'`."
+            )
+        col = converted
+    values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f"adata.obs[{time_key!r}] has {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. at cell "
+            f"{adata.obs_names[np.flatnonzero(bad)[0]]!r}; fill or remove them before calling this function."
+        )
+    return values
+
+
+def _population_table(adata: AnnData, population, time_key: str) -> pd.DataFrame:
+    """Return the population table (columns t, mean, std, n_lib) from ``adata.uns[population]``.
+
+    The times are the ``t`` column (or entry), else a column named like ``time_key``, else a *named* or non-default
+    index of a DataFrame; a DataFrame with neither is refused rather than matched by row position.
+    """
     where = f"adata.uns[{population!r}]"
     fix = (
         "store the population sizes per time point as "
@@ -30,12 +62,24 @@ def _population_table(adata: AnnData, population) -> pd.DataFrame:
     if isinstance(table, pd.DataFrame):
         df = table.copy()
         if "t" not in df.columns:
-            df = df.reset_index().rename(columns={df.index.name or "index": "t"})
+            if time_key in df.columns:
+                df = df.rename(columns={time_key: "t"})
+            elif df.index.name is not None or not isinstance(df.index, pd.RangeIndex):
+                df = df.reset_index().rename(columns={df.index.name or "index": "t"})
+            else:
+                raise KeyError(
+                    f"{where} is a DataFrame without a 't' column, a {time_key!r} column or an index of time points "
+                    f"(found columns {sorted(map(str, df.columns))} and a default 0, 1, 2, ... index); name the "
+                    f"column of times 't' or set it as the index, e.g. `adata.uns[{population!r}] = "
+                    f"df.set_index('day')`."
+                )
     elif isinstance(table, dict):
         try:
             df = pd.DataFrame({k: np.asarray(v).reshape(-1) for k, v in table.items()})
         except ValueError as err:
             raise ValueError(f"{where} must hold arrays of equal length (one entry per time point); {fix}.") from err
+        if "t" not in df.columns and time_key in df.columns:
+            df = df.rename(columns={time_key: "t"})
     else:
         raise TypeError(f"{where} must be a dict or a DataFrame, got {type(table).__name__}; {fix}.")
     for key in ("t", "mean"):
@@ -45,7 +89,10 @@ def _population_table(adata: AnnData, population) -> pd.DataFrame:
         df["std"] = 0.0
     if "n_lib" not in df.columns:
         df["n_lib"] = 1
-    df = df[["t", "mean", "std", "n_lib"]].astype(float)
+    try:
+        df = df[["t", "mean", "std", "n_lib"]].apply(pd.to_numeric).astype(float)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{where} must hold numbers in 't', 'mean', 'std' and 'n_lib' ({err}); {fix}.") from err
     if not np.isfinite(df[["t", "mean"]].to_numpy()).all():
         raise ValueError(f"{where} has non-finite 't' or 'mean' values; {fix}.")
     if (df["mean"] <= 0).any():
@@ -60,7 +107,8 @@ def _match_times(obs_t: np.ndarray, table_t: np.ndarray, time_key: str, populati
     idx = np.searchsorted(table_t, obs_t).clip(0, len(table_t) - 1)
     idx_lo = (idx - 1).clip(0)
     pick = np.where(np.abs(table_t[idx_lo] - obs_t) < np.abs(table_t[idx] - obs_t), idx_lo, idx)
-    ok = np.isclose(table_t[pick], obs_t, rtol=1e-9, atol=1e-9)
+    # float32 precision: a time column stored as float32 (e.g. 1.1 → 1.100000023841858) still matches the table
+    ok = np.isclose(table_t[pick], obs_t, rtol=1e-6, atol=1e-9)
     if not ok.all():
         missing = np.unique(obs_t[~ok])
         raise ValueError(
@@ -191,7 +239,7 @@ def pseudodynamics(
     accelerator: str = "auto",
     devices="auto",
     progress_bar: bool = True,
-    random_state: int = 0,
+    random_state: int | None = 0,
     key_added: str = "pseudodynamics",
     copy: bool = False,
 ) -> AnnData | None:
@@ -217,14 +265,16 @@ def pseudodynamics(
     adata
         Annotated data matrix.
     time_key
-        Numeric experimental time in :attr:`~anndata.AnnData.obs` (e.g. ``"day"``). Every rate is per unit of it.
+        Experimental time in :attr:`~anndata.AnnData.obs` (e.g. ``"day"``): numbers, or a categorical or string
+        column of numbers (``"3"``, not ``"day3"``). Every rate is per unit of it.
     state_key
         State space in :attr:`~anndata.AnnData.obsm` (diffusion map, PCA, any embedding).
     n_dims
         Use the first ``n_dims`` columns of ``obsm[state_key]`` (default: all).
     population
         Key of the population table in :attr:`~anndata.AnnData.uns`: a dict or DataFrame with ``t`` (the values
-        of ``obs[time_key]``), ``mean`` (population size), and optionally ``std`` and ``n_lib``. ``None`` uses the
+        of ``obs[time_key]``; a column named like ``time_key`` or a DataFrame's index of times also works),
+        ``mean`` (population size), and optionally ``std`` and ``n_lib``. ``None`` uses the
         numbers of sequenced cells per time point with a warning (growth is then relative to sampling).
     split_key
         Column of :attr:`~anndata.AnnData.obs` with ``"train"``/``"val"``; reused when present, otherwise created
@@ -243,7 +293,10 @@ def pseudodynamics(
         Neighbours of that graph when it is built here.
     config
         A :class:`~waddington.models.pseudodynamics.PseudodynamicsConfig` (or dict); its values replace the
-        keyword defaults below, and keywords that differ from their defaults replace the config's.
+        keyword defaults below, and keywords that differ from their defaults replace the config's. The
+        ``uns[key_added]['params']`` of an earlier run (also after an h5ad round trip) can be passed as is to
+        repeat its options; the data entries it also records (``time_key``, ``state_key``, ``times``, ...) are
+        ignored there and stay keywords.
     hidden, activation
         Hidden widths and activation of the four MLPs (the reference's ``--channels``, Tanh).
     time_dependent
@@ -318,7 +371,8 @@ def pseudodynamics(
     progress_bar
         Show the training progress bar.
     random_state
-        Seed (split, batches, initialisation); the same seed gives bit-identical results on CPU.
+        Seed (split, batches, initialisation); the same seed gives bit-identical results on CPU. ``None`` draws
+        a seed, which is stored in ``uns[key_added]['params']['random_state']``.
     key_added
         Key in :attr:`~anndata.AnnData.uns`; per-cell outputs are prefixed ``pd_`` (or ``{key_added}_`` when it
         is not the default).
@@ -383,7 +437,7 @@ def pseudodynamics(
     defaults = {f.name: f.default for f in dataclasses.fields(PseudodynamicsConfig)}
     values = {}
     if config is not None:
-        base = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+        base = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else _options_from_record(config)
         unknown = set(base) - set(cfg_fields)
         if unknown:
             raise TypeError(f"unknown pseudodynamics option(s) in `config`: {sorted(unknown)}.")
@@ -402,8 +456,9 @@ def pseudodynamics(
     acc = resolve_accelerator(accelerator)
 
     # ---- read and validate (nothing is written before training succeeded)
-    time = check_obs(adata, time_key, fix="store the experimental time of each cell there", finite=True)
-    time = time.to_numpy(dtype=np.float64)
+    if random_state is None:
+        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
+    time = _numeric_time(adata, time_key)
     states_all = check_obsm(adata, state_key, fix="compute an embedding first, e.g. `sc.tl.diffmap(adata)`")
     if n_dims is None:
         n_dims = states_all.shape[1]
@@ -423,7 +478,7 @@ def pseudodynamics(
             "growth rates are then relative to sampling, not absolute."
         )
     else:
-        table = _population_table(adata, population)
+        table = _population_table(adata, population, time_key)
     table_t = table["t"].to_numpy()
     t_index_table = _match_times(time, table_t, time_key, str(population))
     used = np.unique(t_index_table)
@@ -460,10 +515,21 @@ def pseudodynamics(
             graph = sp.csr_matrix(adata.obsp[graph_key])
         else:
             graph = _knn_graph(states, n_neighbors)
-        if pseudotime_key is None and "dpt_pseudotime" in adata.obs:
+        auto_pt = pseudotime_key is None and "dpt_pseudotime" in adata.obs
+        if auto_pt:
             pseudotime_key = "dpt_pseudotime"
         if pseudotime_key is not None:
-            pt = check_obs(adata, pseudotime_key, fix="run `sc.tl.dpt(adata)` first", finite=True).to_numpy(float)
+            try:
+                pt = check_obs(adata, pseudotime_key, fix="run `sc.tl.dpt(adata)` first", finite=True)
+            except (TypeError, ValueError) as err:
+                if not auto_pt:
+                    raise
+                raise type(err)(
+                    f"{err} (adata.obs['dpt_pseudotime'] orients the kNN displacement of the velocity supervision "
+                    "because it is present; pass `pseudotime_key=` naming another column, `deltax_key=` naming a "
+                    "displacement in obsm, or `deltax_weight=0`)"
+                ) from err
+            pt = pt.to_numpy(float)
             pt_used = pseudotime_key
         else:
             pt = smoothed_time_pseudotime(graph, time)
@@ -475,15 +541,28 @@ def pseudodynamics(
     # ---- densities: u_k = N_k p̂_k (model unit: N of the first time point)
     n_ref = float(table["mean"].iloc[0])
     pop_rel = table["mean"].to_numpy() / n_ref
-    log_u, estimators = observed_log_density(
-        states,
-        time_index,
-        pop_rel,
-        estimator=cfg.density_estimator,
-        bw_method=cfg.bw,
-        gmm_k_max=cfg.gmm_k_max,
-        random_state=int(random_state),
-    )
+    constant = np.flatnonzero(states.std(0) == 0)
+    if constant.size:
+        raise ValueError(
+            f"adata.obsm[{state_key!r}] column(s) {constant.tolist()} are constant over all cells, so the state "
+            "density has no spread along them; drop them (or pass a smaller `n_dims`) or use another embedding."
+        )
+    try:
+        log_u, estimators = observed_log_density(
+            states,
+            time_index,
+            pop_rel,
+            estimator=cfg.density_estimator,
+            bw_method=cfg.bw,
+            gmm_k_max=cfg.gmm_k_max,
+            random_state=int(random_state),
+        )
+    except np.linalg.LinAlgError as err:
+        raise ValueError(
+            f"the {cfg.density_estimator.upper()} density of adata.obsm[{state_key!r}] is singular at some time point "
+            f"({err}): its cells lie on a lower-dimensional subspace there; pass a smaller `n_dims`, another "
+            "embedding, or `density_estimator='gmm'`."
+        ) from err
     log_p = log_u - np.log(pop_rel)[:, None]
     log_q_pooled = log_sampling_density(log_p, counts)
 
@@ -583,7 +662,7 @@ def pseudodynamics(
 
     out = adata.copy() if copy else adata
     prefix = "pd" if key_added == "pseudodynamics" else key_added
-    cols = [f"{t:g}" for t in times]
+    cols = _time_labels(times)
     out.obs[split_key] = pd.Categorical(split, categories=["train", "val"])
     out.obs[f"{prefix}_growth"] = own["growth"]
     out.obs[f"{prefix}_diffusion"] = own["diffusion"]
@@ -613,6 +692,53 @@ def pseudodynamics(
         key_added,
     )
     return out if copy else None
+
+
+#: entries of ``uns[key]['params']`` that record the data and the run rather than a training option
+_RECORD_ONLY = frozenset(
+    {
+        "time_key",
+        "state_key",
+        "n_dims",
+        "population",
+        "split_key",
+        "val_fraction",
+        "deltax_key",
+        "pseudotime",
+        "graph_key",
+        "n_neighbors",
+        "accelerator",
+        "random_state",
+        "times",
+        "population_unit",
+        "g_init_rate_used",
+        "n_density_components",
+    }
+)
+
+
+def _options_from_record(config) -> dict:
+    """Options from a dict, e.g. a stored ``params``: record-only entries dropped, ``"None"`` and numpy undone."""
+    out = {}
+    for name, value in dict(config).items():
+        if name in _RECORD_ONLY:
+            continue
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, str) and value == "None":
+            value = None
+        out[name] = value
+    return out
+
+
+def _time_labels(times: np.ndarray) -> list[str]:
+    """Column names of the per-time tables: ``f"{t:g}"``, or the shortest exact form where that is ambiguous."""
+    labels = [f"{t:g}" for t in times]
+    if len(set(labels)) < len(labels):
+        labels = [np.format_float_positional(float(t), trim="-") for t in times]
+    return labels
 
 
 def _differs(a, b) -> bool:

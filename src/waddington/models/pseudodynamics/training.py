@@ -440,7 +440,8 @@ class PseudodynamicsModule(lp.LightningModule):
         with torch.no_grad():
             implied = torch.nan_to_num(coll["g"] + r, nan=0.0, posinf=0.0, neginf=0.0)
             if cfg.rcg_clip_pct > 0:
-                lo, hi = torch.quantile(implied, torch.tensor([cfg.rcg_clip_pct, 1 - cfg.rcg_clip_pct]))
+                q = torch.tensor([cfg.rcg_clip_pct, 1 - cfg.rcg_clip_pct], dtype=implied.dtype, device=implied.device)
+                lo, hi = torch.quantile(implied, q)
                 implied = implied.clamp(lo, hi)
             # all collocation points are (approximately) samples of the population: plain mean
             e_bar = implied.mean()
