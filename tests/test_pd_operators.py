@@ -196,3 +196,21 @@ def test_weighted_log_mse_rows_are_independent_fits():
     for k in range(4):
         assert torch.allclose(rows[k], weighted_log_mse(target[k], pred[k], floors[k], 2.0), rtol=1e-12)
     assert weighted_log_mse(target[0], pred[0], floors[0], 2.0).dim() == 0
+
+
+def test_pair_batches_differ_between_devices_and_rank_zero_keeps_the_single_device_stream():
+    from waddington.models.pseudodynamics import PseudodynamicsConfig, TrainingData
+    from waddington.models.pseudodynamics.training import PairBatches
+
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(60, 1)).astype(np.float32)
+    data = TrainingData(states, np.repeat([0, 1], 30), np.array([0.0, 1.0]), np.zeros((2, 60)), np.zeros(2))
+
+    def first(rank=None):
+        batches = PairBatches(data, np.arange(60), PseudodynamicsConfig(batch_size=10), n_batches=1, seed=3)
+        if rank is not None:
+            batches.use_rank(rank)
+        return next(iter(batches))["s"].numpy().ravel().tolist()
+
+    assert first() == first(0)
+    assert first(1) != first(0) and first(1) != first(2)

@@ -193,16 +193,31 @@ class PairBatches(torch.utils.data.IterableDataset):
         self.data, self.cfg, self.n_batches = data, cfg, int(n_batches)
         self.cells = np.asarray(cells)
         self.by_time = [self.cells[data.time_index[self.cells] == k] for k in range(len(data.times))]
+        self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
+        self._rank_seeded = False
         self.fixed = [self.sample(k % (len(data.times) - 1)) for k in range(self.n_batches)] if fixed else None
 
     def __len__(self) -> int:
         return self.n_batches
 
+    def use_rank(self, rank: int) -> None:
+        """Draw the stream of process ``rank`` of a multi-device run (rank 0: the single-device stream).
+
+        Every process holds its own copy of this dataset; without a stream per rank all devices would train on
+        the same batches. Called on the first iteration with the rank of the initialised process group.
+        """
+        self._rank_seeded = True
+        if rank:
+            self.rng = np.random.default_rng([self.seed, int(rank)])
+
     def __iter__(self):
         if self.fixed is not None:
             yield from self.fixed
             return
+        if not self._rank_seeded:
+            dist = torch.distributed
+            self.use_rank(dist.get_rank() if dist.is_available() and dist.is_initialized() else 0)
         for _ in range(self.n_batches):
             yield self.sample(int(self.rng.integers(len(self.data.times) - 1)))
 
