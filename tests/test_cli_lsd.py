@@ -79,6 +79,26 @@ def test_lsd_command_rejects_bad_numbers(small_h5ad, capsys):
         main(["lsd", str(small_h5ad), "-o", "x.h5ad", "--epochs", "0"])
     assert exc.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["lsd", str(small_h5ad), "-o", "x.h5ad", "--time-key", "pt", "--phylogeny", "{Prog: Ery"])
+    assert exc.value.code == 2
+    assert "expected JSON" in capsys.readouterr().err
+
+
+def test_lsd_command_phylogeny_builds_a_masked_prior(small_h5ad, tmp_path):
+    src, out = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    a = ad.read_h5ad(small_h5ad)
+    a.obs["stage"] = np.where(a.obs["pt"] < 0.5, "early", "late")
+    a.write_h5ad(src)
+    args = [str(src), "-o", str(out), "--time-key", "pt", "--epochs", "1", "--walks", "32", "--walk-length", "3"]
+    phylogeny = '{"early": ["late"], "late": []}'
+    rc = main(["-q", "lsd", *args, "--cluster-key", "stage", "--phylogeny", phylogeny, "--transition-beta", "0"])
+    assert rc == 0
+    res = ad.read_h5ad(out)
+    prior = res.obsp["lsd_prior_transitions"].tocoo()
+    late = res.obs["stage"].to_numpy() == "late"
+    assert not (late[prior.row] & ~late[prior.col] & (prior.data > 0)).any()  # no step from late back to early
+    assert res.uns["lsd"]["params"]["transition_beta"] == 0.0
 
 
 def test_demo_writes_report_figures_and_data(tmp_path):

@@ -353,3 +353,21 @@ def test_counts_in_x_are_flagged(small, caplog):
         wd.tl.lsd(adata, **{**TINY, "n_epochs": 1})
     assert "looks like raw counts" in caplog.text
     assert before.n_obs == adata.n_obs
+
+
+def test_prior_of_a_subset_anndata_is_renormalised_with_a_warning(small, caplog):
+    adata = small.copy()
+    sub = adata[:90].copy()  # the prior was built on all 120 cells; obsp is cut with them
+    with caplog.at_level(logging.WARNING, logger="waddington"):
+        wd.tl.lsd(sub, **{**TINY, "n_epochs": 1})
+    assert "lsd_prior_transitions" in caplog.text and "not row-stochastic" in caplog.text
+    assert "wd.pp.lsd_prior" in caplog.text
+    assert sub.obsp["lsd_transitions"].shape == (90, 90) and np.isfinite(sub.obs["lsd_potential"]).all()
+
+
+def test_random_state_none_draws_and_records_a_seed_and_counts_source_is_recorded(small):
+    a = wd.tl.lsd(small.copy(), copy=True, random_state=None, **{**TINY, "n_epochs": 1})
+    params = a.uns["lsd"]["params"]
+    assert isinstance(params["random_state"], int) and params["counts_source"] == "adata.layers['raw']"
+    b = wd.tl.lsd(small.copy(), copy=True, random_state=params["random_state"], **{**TINY, "n_epochs": 1})
+    np.testing.assert_array_equal(a.obs["lsd_potential"], b.obs["lsd_potential"])

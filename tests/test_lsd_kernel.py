@@ -40,6 +40,34 @@ def test_kernel_weighted_and_zero_beta(toggle):
     np.testing.assert_allclose(np.asarray(kw.transition_matrix.sum(1)).ravel(), 1.0)
 
 
+def test_backward_kernel_walks_uphill_and_inverts(toggle):
+    v = toggle.obs["lsd_potential"].to_numpy()
+    kb = wd.kernels.LSDKernel(toggle, backward=True).compute_transition_matrix(beta=20.0)
+    assert kb.backward is True
+    a = (toggle.obsp["connectivities"].toarray() > 0).astype(float)
+    w = a * np.exp(20.0 * (v[None] - v[:, None]) / np.ptp(v))
+    np.testing.assert_allclose(kb.transition_matrix.toarray(), w / w.sum(1, keepdims=True), rtol=1e-8, atol=1e-12)
+    assert ((kb.transition_matrix @ v - v) > 0).mean() > 0.8
+    kf = wd.kernels.LSDKernel(toggle).compute_transition_matrix(beta=20.0)
+    inv = (~kf).compute_transition_matrix(beta=20.0)
+    assert inv.backward is True and kf.backward is False
+    np.testing.assert_allclose(inv.transition_matrix.toarray(), kb.transition_matrix.toarray())
+    # CellRank names the written matrix by direction
+    b = toggle.copy()
+    wd.kernels.LSDKernel(b, backward=True).compute_transition_matrix(beta=20.0).write_to_adata()
+    assert "T_bwd" in b.obsp and "T_fwd" not in b.obsp
+
+
+def test_weighted_kernel_makes_rows_of_stored_zeros_absorbing(toggle):
+    a = toggle.copy()
+    g = a.obsp["connectivities"].copy().tocsr()
+    g.data[g.indptr[3] : g.indptr[4]] = 0.0  # cell 3 keeps its pattern but every weight is a stored zero
+    a.obsp["connectivities"] = g
+    t = wd.kernels.LSDKernel(a).compute_transition_matrix(weighted=True).transition_matrix
+    np.testing.assert_allclose(np.asarray(t.sum(1)).ravel(), 1.0)
+    assert t[3, 3] == 1.0 and t[3].nnz == 1
+
+
 def test_kernel_through_gpcca_to_fate_probabilities(toggle):
     k = wd.kernels.LSDKernel(toggle).compute_transition_matrix(beta=50.0)
     g = cr.estimators.GPCCA(k)

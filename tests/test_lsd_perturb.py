@@ -74,8 +74,12 @@ def test_same_seed_same_result_and_start_groups(screen):
     adata, terminal, _ = screen
     kw = {"cluster_key": "clusters", "terminal_states": list(terminal.values()), "progress_bar": False}
     a = wd.tl.lsd_perturb(adata, "Gata1", stochastic=True, n_samples=3, n_rounds=3, random_state=1, key_added="a", **kw)
-    b = wd.tl.lsd_perturb(adata, "Gata1", stochastic=True, n_samples=3, n_rounds=3, random_state=1, key_added="b", **kw)
+    uns_before = set(adata.uns)
+    b = wd.tl.lsd_perturb(
+        adata, "Gata1", stochastic=True, n_samples=3, n_rounds=3, random_state=1, key_added="b", inplace=False, **kw
+    )
     pd.testing.assert_frame_equal(a, b)
+    assert set(adata.uns) == uns_before  # inplace=False returns the table only
     one = wd.tl.lsd_perturb(adata, "Gata1", groups=[terminal["Ery"]], n_rounds=3, key_added="c", **kw)
     assert one["n_cells"].iloc[0] == int((adata.obs["clusters"] == terminal["Ery"]).sum())
 

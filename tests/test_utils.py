@@ -140,3 +140,17 @@ def test_device_selection_on_cpu():
             resolve_accelerator("gpu")
     with pytest.raises(ValueError, match="accelerator"):
         resolve_accelerator("tpu")
+
+
+def test_get_counts_takes_the_var_names_columns_of_a_larger_raw(tiny_adata):
+    # the usual layout after highly-variable-gene selection: raw keeps every gene, X a subset in another order
+    full = tiny_adata.copy()
+    full.X = full.layers["raw"].copy()
+    sub = tiny_adata[:, [5, 2, 9]].copy()
+    sub.raw = full
+    del sub.layers["raw"]
+    counts = get_counts(sub)
+    np.testing.assert_array_equal(counts.toarray(), tiny_adata.layers["raw"][:, [5, 2, 9]].toarray())
+    sub.var_names = ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"adata.raw lacks 3 of the genes in adata.var_names \(e.g. 'a'\)"):
+        get_counts(sub)

@@ -181,6 +181,30 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _nonnegative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value!r}")
+    return number
+
+
+def _json_phylogeny(value: str) -> dict[str, list[str]]:
+    import json
+
+    try:
+        tree = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(
+            f'expected JSON such as \'{{"Prog": ["Ery"]}}\', got {value!r} ({err})'
+        ) from None
+    if not isinstance(tree, dict) or not all(isinstance(v, list) for v in tree.values()):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of cluster -> list of child clusters, got {value!r}")
+    return {str(k): [str(c) for c in v] for k, v in tree.items()}
+
+
 def _add_lsd(subparsers) -> None:
     parser = subparsers.add_parser(
         "lsd",
@@ -197,8 +221,22 @@ def _add_lsd(subparsers) -> None:
         default=None,
         help="obs column with the prior pseudotime, e.g. dpt_pseudotime (omit to reuse obsp['lsd_prior_transitions'])",
     )
-    parser.add_argument("--beta", type=float, default=50.0, help="prior inverse temperature (default 50)")
-    parser.add_argument("--graph-key", default="connectivities", help="obsp key of the kNN graph")
+    parser.add_argument("--beta", type=_nonnegative_float, default=50.0, help="prior inverse temperature (default 50)")
+    parser.add_argument(
+        "--graph-key",
+        default=None,
+        help="obsp key of the kNN graph (default: connectivities for a new prior, else the prior's graph)",
+    )
+    parser.add_argument("--cluster-key", default=None, help="obs column of the clusters named in --phylogeny")
+    parser.add_argument(
+        "--phylogeny",
+        type=_json_phylogeny,
+        default=None,
+        help='allowed cluster transitions as JSON, e.g. \'{"Prog": ["Ery", "Mye"]}\' (needs --cluster-key)',
+    )
+    parser.add_argument(
+        "--descendants", action="store_true", help="with --phylogeny, also allow transitions to all descendants"
+    )
     parser.add_argument("--layer", default="raw", help="layer with raw counts (default raw)")
     parser.add_argument("--epochs", type=_positive_int, default=30, help="training epochs (default 30)")
     parser.add_argument("--walks", type=_positive_int, default=4096, help="walks per epoch (default 4096)")
@@ -207,8 +245,9 @@ def _add_lsd(subparsers) -> None:
     parser.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (default 1e-3)")
     parser.add_argument("--z-dim", type=_positive_int, default=10, help="cell-state dimension (default 10)")
     parser.add_argument(
-        "--transition-beta", type=_positive_float, default=50.0, help="inverse temperature of lsd_transitions"
+        "--transition-beta", type=_nonnegative_float, default=50.0, help="inverse temperature of lsd_transitions"
     )
+    parser.add_argument("--key-added", default="lsd", help="prefix of the output slots (default lsd)")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default auto)")
     parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -223,11 +262,21 @@ def _run_lsd(args: argparse.Namespace) -> None:
     extra = _keyword_options(args.options, tl.lsd)
     adata = _readable_h5ad(args.input)
     if args.time_key is not None:
-        pp.lsd_prior(adata, args.time_key, beta=args.beta, graph_key=args.graph_key)
+        pp.lsd_prior(
+            adata,
+            args.time_key,
+            beta=args.beta,
+            graph_key=args.graph_key or "connectivities",
+            phylogeny=args.phylogeny,
+            cluster_key=args.cluster_key,
+            descendants=args.descendants,
+        )
     elif "lsd_prior_transitions" not in adata.obsp:
         raise CLIError(
             "no prior in obsp['lsd_prior_transitions']; pass --time-key naming a pseudotime column (e.g. dpt_pseudotime)"
         )
+    elif args.phylogeny is not None or args.cluster_key is not None:
+        raise CLIError("--phylogeny and --cluster-key build a new prior; pass --time-key with them")
     kwargs = {
         "layer": args.layer,
         "n_epochs": args.epochs,
@@ -237,6 +286,8 @@ def _run_lsd(args: argparse.Namespace) -> None:
         "lr": args.lr,
         "z_dim": args.z_dim,
         "transition_beta": args.transition_beta,
+        "graph_key": args.graph_key,
+        "key_added": args.key_added,
         "accelerator": args.accelerator,
         "random_state": args.random_state,
         "progress_bar": not args.no_progress,

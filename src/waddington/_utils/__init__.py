@@ -12,6 +12,7 @@ from ._validate import (
     check_obsm,
     check_obsp,
     check_uns,
+    counts_with_source,
     get_counts,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_obsm",
     "check_obsp",
     "check_uns",
+    "counts_with_source",
     "get_counts",
     "get_rng",
     "logger",

@@ -165,10 +165,15 @@ def _is_integer_matrix(mat: Any) -> bool:
 def get_counts(adata: AnnData, layer: str | None = "raw") -> sp.csr_matrix:
     """Return the raw counts of ``adata`` as a CSR matrix of float32, validated as non-negative integers.
 
-    Looks in ``adata.layers[layer]``; when that layer does not exist, falls back to ``adata.raw.X`` (if it has the
-    same genes) and then to ``adata.X`` if it holds integers, logging which source was used. ``layer=None`` uses
-    ``adata.X`` directly.
+    Looks in ``adata.layers[layer]``; when that layer does not exist, falls back to ``adata.raw.X`` (the columns of
+    ``adata.var_names``, so a ``raw`` kept from before highly-variable-gene selection works) and then to
+    ``adata.X`` if it holds integers, logging which source was used. ``layer=None`` uses ``adata.X`` directly.
     """
+    return counts_with_source(adata, layer)[0]
+
+
+def counts_with_source(adata: AnnData, layer: str | None = "raw") -> tuple[sp.csr_matrix, str]:
+    """:func:`get_counts` and where the counts came from (``"adata.layers['raw']"``, ``"adata.raw.X"``, ...)."""
     fix = (
         "store raw integer counts there (e.g. `adata.layers['raw'] = adata.X.copy()` before normalising) "
         "or pass `layer=` naming the layer that holds them"
@@ -177,10 +182,18 @@ def get_counts(adata: AnnData, layer: str | None = "raw") -> sp.csr_matrix:
         source, counts = "adata.X", adata.X
     elif layer in adata.layers:
         source, counts = f"adata.layers[{layer!r}]", adata.layers[layer]
-    elif adata.raw is not None and adata.raw.n_vars == adata.n_vars and _is_integer_matrix(adata.raw.X):
-        if not np.array_equal(adata.raw.var_names, adata.var_names):
-            raise ValueError("adata.raw has different genes from adata.var_names; " + fix + ".")
-        source, counts = "adata.raw.X", adata.raw.X
+    elif adata.raw is not None and _is_integer_matrix(adata.raw.X):
+        missing = adata.var_names.difference(adata.raw.var_names)
+        if len(missing):
+            raise ValueError(
+                f"adata.raw lacks {len(missing)} of the genes in adata.var_names (e.g. {missing[0]!r}), so its counts "
+                f"cannot stand for adata.X; {fix}."
+            )
+        source = "adata.raw.X"
+        if np.array_equal(adata.raw.var_names, adata.var_names):
+            counts = adata.raw.X
+        else:
+            counts = adata.raw[:, adata.var_names].X
         logger.info("layer %r not found; using raw counts from adata.raw.X", layer)
     elif adata.X is not None and _is_integer_matrix(adata.X):
         source, counts = "adata.X", adata.X
@@ -192,4 +205,4 @@ def get_counts(adata: AnnData, layer: str | None = "raw") -> sp.csr_matrix:
     if counts.shape != (adata.n_obs, adata.n_vars):
         raise ValueError(f"{source} has shape {counts.shape}, expected {(adata.n_obs, adata.n_vars)}.")
     check_counts(counts, source)
-    return sp.csr_matrix(counts, dtype=np.float32)
+    return sp.csr_matrix(counts, dtype=np.float32), source

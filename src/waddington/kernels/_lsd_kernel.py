@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 from cellrank.kernels import Kernel
-from cellrank.kernels._base_kernel import UnidirectionalKernel
+from cellrank.kernels._base_kernel import BidirectionalKernel
 from cellrank.kernels.mixins import ConnectivityMixin
 
 from waddington._utils import check_obs
@@ -17,13 +17,15 @@ from waddington.models.lsd.transitions import boltzmann_transitions
 __all__ = ["LSDKernel"]
 
 
-class LSDKernel(ConnectivityMixin, UnidirectionalKernel):
+class LSDKernel(ConnectivityMixin, BidirectionalKernel):
     """CellRank kernel whose transitions follow the learned Waddington potential downhill.
 
     ``T_ij ∝ 1[A_ij > 0] · exp(−β (V_j − V_i) / (V_max − V_min))`` on the kNN graph ``A``, the same matrix that
     :func:`waddington.tl.lsd` writes to ``obsp['lsd_transitions']``. Dividing by the potential's range makes ``beta``
     independent of the arbitrary scale of ``V`` (β = 50 has the sharpness of the LSD prior on a [0, 1] pseudotime).
     With ``weighted=True`` the Boltzmann factors multiply the connectivity weights instead of the binarised graph.
+    The backward kernel (``backward=True`` or ``~kernel``) walks uphill, ``exp(+β (V_j − V_i) / (V_max − V_min))``,
+    towards the progenitors, as CellRank's backward kernels do for initial states.
     Use it like any CellRank kernel: estimators (``cr.estimators.GPCCA``), plotting, and combinations such as
     ``0.8 * LSDKernel(adata) + 0.2 * ConnectivityKernel(adata)``.
 
@@ -31,6 +33,8 @@ class LSDKernel(ConnectivityMixin, UnidirectionalKernel):
     ----------
     adata
         Annotated data with ``obs[potential_key]`` (from :func:`waddington.tl.lsd`) and a kNN graph.
+    backward
+        Walk uphill in the potential (towards early cells) instead of downhill.
     potential_key
         Column of :attr:`~anndata.AnnData.obs` with the potential (high = early).
     conn_key
@@ -49,11 +53,12 @@ class LSDKernel(ConnectivityMixin, UnidirectionalKernel):
     def __init__(
         self,
         adata: AnnData,
+        backward: bool = False,
         potential_key: str = "lsd_potential",
         conn_key: str = "connectivities",
         **kwargs: Any,
     ):
-        super().__init__(adata, potential_key=potential_key, conn_key=conn_key, **kwargs)
+        super().__init__(adata, backward=backward, potential_key=potential_key, conn_key=conn_key, **kwargs)
 
     def _read_from_adata(self, potential_key: str = "lsd_potential", **kwargs: Any) -> None:
         check_obs(self.adata, potential_key, fix="run `wd.tl.lsd(adata)` first (or pass `potential_key=`)", finite=True)
@@ -82,19 +87,29 @@ class LSDKernel(ConnectivityMixin, UnidirectionalKernel):
         """
         if not np.isfinite(beta) or beta < 0:
             raise ValueError(f"`beta` must be finite and non-negative, got {beta!r}.")
-        if self._reuse_cache({"beta": float(beta), "weighted": bool(weighted), "key": self._potential_key}):
+        params = {"beta": float(beta), "weighted": bool(weighted), "key": self._potential_key}
+        if self._reuse_cache({**params, "backward": self.backward}):
             return self
         v = self._potential
-        score = -(v - v.min()) / (float(v.max() - v.min()) + 1e-12)
-        trans, _ = boltzmann_transitions(self.connectivities, score, float(beta))
+        score = (v - v.min()) / (float(v.max() - v.min()) + 1e-12)
+        trans, absorbing = boltzmann_transitions(self.connectivities, score if self.backward else -score, float(beta))
         if weighted:
-            isolated = np.diff(self.connectivities.indptr) == 0  # absorbing self-loops keep weight 1
-            weights = self.connectivities + sp.diags(isolated.astype(np.float64))
+            # absorbing self-loops (rows without a positive weight, stored zeros included) keep weight 1
+            loops = np.zeros(self.adata.n_obs)
+            loops[absorbing] = 1.0
+            weights = self.connectivities + sp.diags(loops)
             trans = trans.multiply(weights).tocsr()
             sums = np.asarray(trans.sum(axis=1)).ravel()
             trans = sp.csr_matrix(sp.diags(1.0 / sums) @ trans)
         self.transition_matrix = trans
         return self
+
+    def __invert__(self) -> LSDKernel:
+        """The kernel of the opposite direction (uphill for a forward kernel), without a transition matrix."""
+        inverted = self._copy_ignore("_transition_matrix")
+        inverted._backward = not self.backward
+        inverted._params = {}
+        return inverted
 
 
 assert issubclass(LSDKernel, Kernel)

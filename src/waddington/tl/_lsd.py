@@ -15,7 +15,7 @@ from waddington._utils import (
     check_obs,
     check_obsp,
     check_uns,
-    get_counts,
+    counts_with_source,
     logger,
     resolve_accelerator,
     seed_everything,
@@ -80,6 +80,33 @@ def _landscape(module, x, device) -> dict[str, np.ndarray]:
     return {"z": z, "B_loc": b_loc, "B_scale": b_scale, "V": v.astype(np.float64)}
 
 
+def _checked_prior(prior: sp.csr_matrix, key: str, fix: str) -> sp.csr_matrix:
+    """The prior as row-stochastic CSR; a prior cut down by subsetting the AnnData is renormalised with a warning.
+
+    Subsetting ``adata`` subsets ``obsp`` too, so the prior's rows lose the mass of the removed cells. The walks
+    then follow the same prior restricted to the cells kept (rows renormalised); cells left without any successor
+    become absorbing, as :func:`waddington.pp.lsd_prior` does. Nothing is dropped.
+    """
+    from waddington.models.lsd.transitions import row_normalize
+
+    p = sp.csr_matrix(prior)
+    sums = np.asarray(p.sum(axis=1)).ravel()
+    off = np.abs(sums - 1.0) > 1e-6
+    if not off.any():
+        return p
+    p, empty = row_normalize(p)
+    logger.warning(
+        "adata.obsp[%r] is not row-stochastic in %d row(s) (it was probably built before the AnnData was subset); "
+        "those rows are renormalised and %d cell(s) left without a successor are absorbing. %s to rebuild it for "
+        "these cells.",
+        key,
+        int(off.sum()),
+        int(empty.size),
+        fix.split(" (")[0].replace("run", "Run", 1),
+    )
+    return p
+
+
 def _transitions_and_entropy(
     graph: sp.csr_matrix,
     z: np.ndarray,
@@ -141,7 +168,7 @@ def lsd(
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
     progress_bar: bool = True,
-    random_state: int = 0,
+    random_state: int | None = 0,
     key_added: str = "lsd",
     return_model: bool = False,
     copy: bool = False,
@@ -163,7 +190,8 @@ def lsd(
         Annotated data: log-normalised ``X`` (dense or sparse), raw counts in ``layers[layer]``, and the prior of
         :func:`waddington.pp.lsd_prior` in ``obsp[f"{prior_key}_transitions"]``.
     layer
-        Layer with raw integer counts; falls back to ``adata.raw`` or integer ``X`` (logged). ``None`` uses ``X``.
+        Layer with raw integer counts; falls back to ``adata.raw`` (its columns of ``var_names``) or integer ``X``
+        (logged; ``uns[key_added]['params']['counts_source']`` records which). ``None`` uses ``X``.
     prior_key
         ``key_added`` of :func:`waddington.pp.lsd_prior`.
     graph_key
@@ -224,7 +252,8 @@ def lsd(
     progress_bar
         Show a progress bar.
     random_state
-        Seed for walks, initialisation and sampling (bit-identical results on CPU).
+        Seed for walks, initialisation and sampling (bit-identical results on CPU). ``None`` draws a seed, which
+        is stored in ``uns[key_added]['params']['random_state']``.
     key_added
         Prefix of the output slots and key of ``uns``.
     return_model
@@ -280,7 +309,10 @@ def lsd(
     if graph_key is None:
         graph_key = str(prior_info.get("params", {}).get("graph_key", "connectivities"))
     graph = check_obsp(adata, graph_key, fix="run `sc.pp.neighbors(adata)` first (or pass `graph_key=`)")
-    counts = get_counts(adata, layer)
+    if random_state is None:
+        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
+    prior = _checked_prior(prior, f"{prior_key}_transitions", fix_prior)
+    counts, counts_source = counts_with_source(adata, layer)
     x_log = _log_expression(adata)
     if library_key is not None and library_key in adata.obs:
         library = check_obs(adata, library_key, finite=True).to_numpy(dtype=np.float64)
@@ -302,6 +334,7 @@ def lsd(
 
     params: dict[str, Any] = {
         "layer": "None" if layer is None else layer,
+        "counts_source": counts_source,
         "prior_key": prior_key,
         "graph_key": graph_key,
         "library_key": lib_source,

@@ -82,7 +82,7 @@ def lsd_fates(
     return_paths: bool = False,
     batch_size: int = 512,
     progress_bar: bool = True,
-    random_state: int = 0,
+    random_state: int | None = 0,
     key: str = "lsd",
     key_added: str = "lsd",
     copy: bool = False,
@@ -126,7 +126,7 @@ def lsd_fates(
     progress_bar
         Show a progress bar.
     random_state
-        Seed of the posterior draws (same seed, same result).
+        Seed of the posterior draws (same seed, same result); ``None`` draws one and records it in ``uns``.
     key
         ``key_added`` of :func:`waddington.tl.lsd`.
     key_added
@@ -162,8 +162,10 @@ def lsd_fates(
         raise ValueError(f"`n_samples` must be >= 0 and `batch_size` >= 1, got {n_samples} and {batch_size}.")
     if not 0 <= min_fraction < 1:
         raise ValueError(f"`min_fraction` must lie in [0, 1), got {min_fraction}.")
+    if random_state is None:
+        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
-        raise ValueError(f"`random_state` must be a non-negative int, got {random_state!r}.")
+        raise ValueError(f"`random_state` must be a non-negative int or None, got {random_state!r}.")
     clusters = _clusters(adata, cluster_key)
     terminal = _check_terminal(terminal_states, clusters, cluster_key)
     module, x, states, _ = _model_inputs(adata, key)

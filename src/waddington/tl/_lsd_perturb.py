@@ -62,9 +62,10 @@ def lsd_perturb(
     min_effect: float = 0.1,
     batch_size: int = 512,
     progress_bar: bool = True,
-    random_state: int = 0,
+    random_state: int | None = 0,
     key: str = "lsd",
     key_added: str = "lsd_perturb",
+    inplace: bool = True,
 ) -> pd.DataFrame:
     """In-silico knockout (``level=0``) or overexpression of one gene, or a screen of many, on the LSD landscape.
 
@@ -129,18 +130,22 @@ def lsd_perturb(
     progress_bar
         Show a progress bar over the genes.
     random_state
-        Seed of the posterior draws.
+        Seed of the posterior draws; ``None`` draws one and records it in ``uns``.
     key
         ``key_added`` of :func:`waddington.tl.lsd`.
     key_added
         ``uns`` key of the results.
+    inplace
+        Store the results in ``uns[key_added]`` (for :func:`waddington.pl.perturbation`); ``False`` only returns
+        them and leaves ``adata`` untouched.
 
     Returns
     -------
     Tidy DataFrame, one row per gene and fate: ``count_perturbed``/``count_unperturbed`` (simulations ending in the
     fate), ``fraction_*``, ``delta_fraction``, ``log2fc`` = log2((count_perturbed + 1) / (count_unperturbed + 1)),
     ``n_gained``/``n_lost`` (start cells whose fraction in the fate rose/fell), ``pval``, ``pval_adj``,
-    ``significant`` (``pval_adj < alpha`` and ``|delta_fraction| >= min_effect``). Also stored as ``uns[key_added]`` = ``{"results": DataFrame, "params": ...}``.
+    ``significant`` (``pval_adj < alpha`` and ``|delta_fraction| >= min_effect``). Also stored as ``uns[key_added]`` =
+    ``{"results": DataFrame, "params": ...}`` unless ``inplace=False``.
 
     Examples
     --------
@@ -166,8 +171,10 @@ def lsd_perturb(
         raise ValueError("`time_range` must be positive and `n_rounds`, `n_steps`, `n_samples`, `batch_size` >= 1.")
     if not np.isfinite(level):
         raise ValueError(f"`level` must be finite, got {level}.")
+    if random_state is None:
+        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
-        raise ValueError(f"`random_state` must be a non-negative int, got {random_state!r}.")
+        raise ValueError(f"`random_state` must be a non-negative int or None, got {random_state!r}.")
     clusters = _clusters(adata, cluster_key)
     terminal = _check_terminal(terminal_states, clusters, cluster_key)
     module, x, states, var_names = _model_inputs(adata, key)
@@ -264,11 +271,12 @@ def lsd_perturb(
         "key": key,
         "test": "two-sided exact sign test (McNemar) on per-cell fate changes, BH-adjusted",
     }
-    adata.uns[key_added] = {"results": df.copy(), "params": params}
+    if inplace:
+        adata.uns[key_added] = {"results": df.copy(), "params": params}
     n_sig = int(df.loc[df["significant"], "gene"].nunique())
     logger.info(
-        "added %r (adata.uns): %d gene(s) x %d fate(s) from %d start cells; %d gene(s) significant at %.2g",
-        key_added,
+        "%s: %d gene(s) x %d fate(s) from %d start cells; %d gene(s) significant at %.2g",
+        f"added {key_added!r} (adata.uns)" if inplace else "perturbation screen",
         len(gene_list),
         len(fates),
         cells.size,
