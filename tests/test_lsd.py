@@ -371,3 +371,12 @@ def test_random_state_none_draws_and_records_a_seed_and_counts_source_is_recorde
     assert isinstance(params["random_state"], int) and params["counts_source"] == "adata.layers['raw']"
     b = wd.tl.lsd(small.copy(), copy=True, random_state=params["random_state"], **{**TINY, "n_epochs": 1})
     np.testing.assert_array_equal(a.obs["lsd_potential"], b.obs["lsd_potential"])
+
+
+def test_strategy_reaches_lightning_and_is_recorded(small):
+    adata = small.copy()
+    with pytest.raises(ValueError, match="invalid strategy name"):
+        wd.tl.lsd(adata, strategy="bogus", **TINY)
+    assert "lsd" not in adata.uns
+    wd.tl.lsd(adata, strategy="single_device", **{**TINY, "n_epochs": 1, "accelerator": "cpu"})
+    assert adata.uns["lsd"]["params"]["strategy"] == "single_device"

@@ -334,3 +334,12 @@ def test_per_time_tables_keep_close_time_points_apart():
     assert _time_labels(np.array([0.0, 1.0, 2.5])) == ["0", "1", "2.5"]
     labels = _time_labels(np.array([1_000_000.0, 1_000_001.0]))
     assert labels == ["1000000", "1000001"]
+
+
+def test_strategy_reaches_lightning_and_is_recorded():
+    a = _small_1d(n=20)
+    with pytest.raises(ValueError, match="invalid strategy name"):
+        _call(a, strategy="bogus")
+    assert "pd_split" not in a.obs and "pseudodynamics" not in a.uns
+    _call(a, max_epochs=1, strategy="single_device", accelerator="cpu")
+    assert a.uns["pseudodynamics"]["params"]["strategy"] == "single_device"

@@ -167,6 +167,7 @@ def lsd(
     entropy_steps: int = 10,
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
+    strategy: Any = "auto",
     progress_bar: bool = True,
     random_state: int | None = 0,
     key_added: str = "lsd",
@@ -247,8 +248,9 @@ def lsd(
         learned transitions is after ``entropy_steps`` steps, over ``entropy_n_states`` k-means states of the cell
         state: uncommitted cells can still reach several fates (high), committed ones only theirs (low). The
         reference's ``Σ log σ_B`` measures encoder uncertainty, which is lowest in progenitors.
-    accelerator, devices
-        Passed to :class:`lightning.pytorch.Trainer` (``"auto"``: CUDA if available, else CPU).
+    accelerator, devices, strategy
+        Passed to :class:`lightning.pytorch.Trainer` (``"auto"``: CUDA if available, else CPU; e.g.
+        ``devices=4, strategy="ddp"`` for data parallelism, each process drawing its own walks).
     progress_bar
         Show a progress bar.
     random_state
@@ -363,6 +365,7 @@ def lsd(
         "entropy_steps": int(entropy_steps),
         "accelerator": str(accelerator),
         "devices": devices if isinstance(devices, int | str) else [int(d) for d in devices],
+        "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
         "random_state": int(random_state),
     }
 
@@ -396,7 +399,14 @@ def lsd(
     data = WalkBatches(x_log, counts, prior, n_walks=n_walks, length=walk_length, batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
     fit_lsd(
-        plan, data, n_epochs=n_epochs, accelerator=acc, devices=devices, grad_clip=grad_clip, progress_bar=progress_bar
+        plan,
+        data,
+        n_epochs=n_epochs,
+        accelerator=acc,
+        devices=devices,
+        strategy=strategy,
+        grad_clip=grad_clip,
+        progress_bar=progress_bar,
     )
     train_time = time.perf_counter() - t0
 

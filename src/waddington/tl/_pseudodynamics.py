@@ -238,6 +238,7 @@ def pseudodynamics(
     early_stopping_patience: int = 20,
     accelerator: str = "auto",
     devices="auto",
+    strategy="auto",
     progress_bar: bool = True,
     random_state: int | None = 0,
     key_added: str = "pseudodynamics",
@@ -366,8 +367,8 @@ def pseudodynamics(
         Adam learning rate, cells per step (half from each time point of the pair), epochs, steps per epoch
         (default ``n_train_cells // batch_size`` within [25, 100]) and patience of early stopping on the
         validation loss.
-    accelerator, devices
-        Passed to :class:`lightning.pytorch.Trainer`.
+    accelerator, devices, strategy
+        Passed to :class:`lightning.pytorch.Trainer` (each process of a multi-device run draws its own batches).
     progress_bar
         Show the training progress bar.
     random_state
@@ -603,6 +604,7 @@ def pseudodynamics(
             seed=seed,
             accelerator=acc,
             devices=devices,
+            strategy=strategy,
             progress_bar=progress_bar,
         )
 
@@ -633,6 +635,7 @@ def pseudodynamics(
         graph_key=str(graph_key),
         n_neighbors=int(n_neighbors),
         accelerator=acc,
+        strategy=strategy if isinstance(strategy, str) else type(strategy).__name__,
         random_state=int(random_state),
         times=times.astype(float),
         population_unit=n_ref,
@@ -708,6 +711,7 @@ _RECORD_ONLY = frozenset(
         "graph_key",
         "n_neighbors",
         "accelerator",
+        "strategy",
         "random_state",
         "times",
         "population_unit",

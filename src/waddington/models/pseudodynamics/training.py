@@ -590,6 +590,7 @@ def fit(
     seed: int = 0,
     accelerator: str = "cpu",
     devices="auto",
+    strategy="auto",
     progress_bar: bool = True,
 ) -> tuple[PseudodynamicsNet, dict, dict]:
     """Train ``net`` with Lightning and return it with the best validation weights loaded, its history and info.
@@ -606,7 +607,7 @@ def fit(
         Options.
     seed
         Seed of the batch generator, the Hutchinson probes and Lightning.
-    accelerator, devices
+    accelerator, devices, strategy
         Passed to :class:`lightning.pytorch.Trainer`.
     progress_bar
         Show Lightning's progress bar.
@@ -632,6 +633,7 @@ def fit(
         trainer = lp.Trainer(
             accelerator=accelerator,
             devices=devices,
+            strategy=strategy,
             max_epochs=int(cfg.max_epochs),
             logger=False,
             enable_checkpointing=False,
