@@ -147,7 +147,10 @@ def test_history_for_pseudodynamics_and_plain_dict(adata):
     assert len(axes) == 1 and axes[0].get_xlabel() == "step"
     fig, ax = plt.subplots()
     wd.pl.history({"a": [1, 2, 3], "b": [3, 2, 1]}, ax=ax)
-    assert len(ax.get_lines()) == 2
+    assert len(ax.get_lines()) == 2 and ax.get_yscale() == "linear"
+    fig, ax = plt.subplots()
+    wd.pl.history({"a": [1, 2, 3], "b": [3, 2, 1]}, ax=ax, logy=True)
+    assert ax.get_yscale() == "log"
     with pytest.raises(KeyError, match="history.*wd.tl.lsd"):
         wd.pl.history(AnnData(np.zeros((2, 2), dtype=np.float32)), "lsd", show=False)
     plt.close("all")

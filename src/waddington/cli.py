@@ -78,7 +78,7 @@ def _nonnegative_int(value: str) -> int:
     return number
 
 
-def _add_set_option(parser: argparse.ArgumentParser, function: str) -> None:
+def _add_set_option(parser: argparse.ArgumentParser, function: str, examples: str) -> None:
     parser.add_argument(
         "--set",
         dest="options",
@@ -86,8 +86,8 @@ def _add_set_option(parser: argparse.ArgumentParser, function: str) -> None:
         default=[],
         metavar="NAME=VALUE",
         help=(
-            f"any other keyword of {function}, e.g. --set pretrain_steps=500 or --set 'd_clip=(0.001, 1)'; the "
-            "value is read as a Python literal (a bare word is a string); repeatable, and it wins over the flags above"
+            f"any other keyword of {function}, e.g. {examples}; the value is read as a Python literal (a bare word "
+            "is a string); repeatable, and it wins over the flags above"
         ),
     )
 
@@ -138,7 +138,7 @@ def _add_simulate(subparsers) -> None:
     parser.add_argument(
         "--no-preprocess",
         action="store_true",
-        help="toggle-switch: skip normalisation, PCA, neighbours, clustering, DPT and UMAP",
+        help="toggle-switch: skip PCA, neighbours, clustering, DPT and UMAP (X is log-normalised either way)",
     )
     parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
     parser.set_defaults(func=_run_simulate)
@@ -251,7 +251,7 @@ def _add_lsd(subparsers) -> None:
     parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default auto)")
     parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_set_option(parser, "wd.tl.lsd")
+    _add_set_option(parser, "wd.tl.lsd", "--set ode_method=rk4 or --set 'W_coeff=(1e-3, 1e-5)'")
     parser.set_defaults(func=_run_lsd)
 
 
@@ -342,7 +342,7 @@ def _add_pseudodynamics(subparsers) -> None:
     parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default auto)")
     parser.add_argument("--random-state", type=_nonnegative_int, default=0, help="seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_set_option(parser, "wd.tl.pseudodynamics")
+    _add_set_option(parser, "wd.tl.pseudodynamics", "--set pretrain_steps=500 or --set 'd_clip=(0.001, 1)'")
     parser.set_defaults(func=_run_pseudodynamics)
 
 

@@ -35,8 +35,18 @@ def branching_fields(xy: np.ndarray, params: dict) -> dict[str, np.ndarray]:
         \qquad \delta(x, y) = \delta_0 + \delta_{low}\, \sigma\!\left(\tfrac{x - x_0 - 0.5}{\ell}\right)
         \sigma(-4 y),
 
-    with :math:`\sigma_x = \sigma((x - x_0)/\ell)`. Returns ``{"v": (n, 2), "birth": (n,), "death": (n,),
-    "g": (n,)}``.
+    with :math:`\sigma_x = \sigma((x - x_0)/\ell)`.
+
+    Parameters
+    ----------
+    xy
+        Positions, shape (n, 2).
+    params
+        The model's parameters, as stored in ``adata.uns["truth"]["params"]`` by :func:`population_branching`.
+
+    Returns
+    -------
+    ``{"v": (n, 2), "birth": (n,), "death": (n,), "g": (n,)}`` with ``g = birth − death``.
     """
     x, y = xy[:, 0], xy[:, 1]
     s_x = _sigmoid((x - params["x_split"]) / params["split_width"])

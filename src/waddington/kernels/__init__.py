@@ -1,3 +1,5 @@
 """CellRank kernels built from our results."""
 
 from ._lsd_kernel import LSDKernel
+
+__all__ = ["LSDKernel"]

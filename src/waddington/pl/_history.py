@@ -150,7 +150,8 @@ def history(
             if logy is not None
             else bool(pos.size and np.isfinite(vals).sum() == pos.size and pos.max() / pos.min() > 100.0)
         )
-        if use_log and not ax_given:
+        # on a caller's axes shared by several series, only an explicit ``logy=True`` switches the scale
+        if use_log and (not ax_given or logy):
             pax.set_yscale("log")
         if not ax_given:
             pax.set_title(group)
@@ -160,5 +161,6 @@ def history(
     if ax_given:
         ax.set_xlabel(x if x is not None else "index")
         ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
+    else:
+        fig.tight_layout()  # the caller's figure keeps the layout the caller chose
     return finish(fig, axes_out, name="history", show=show, save=save, return_fig=return_fig, ax_given=ax_given)

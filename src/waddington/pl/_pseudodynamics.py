@@ -93,7 +93,10 @@ def pseudodynamics(
 
     Examples
     --------
-    >>> wd.pl.pseudodynamics(adata, fields=["growth", "speed"])
+    >>> import waddington as wd
+    >>> adata = wd.datasets.population_branching()
+    >>> wd.tl.pseudodynamics(adata, time_key="day", state_key="X_state")  # doctest: +SKIP
+    >>> wd.pl.pseudodynamics(adata, fields=["growth", "speed"])  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 
@@ -192,11 +195,14 @@ def pseudodynamics_fields(
 
     Returns
     -------
-    The Figure with ``return_fig=True``, else the Axes when not shown.
+    The Figure with ``return_fig=True``, else the array of Axes (one per field) when not shown.
 
     Examples
     --------
-    >>> wd.pl.pseudodynamics_fields(adata, "state", truth={"growth": "true_g"})
+    >>> import waddington as wd
+    >>> adata = wd.datasets.population_1d()
+    >>> wd.tl.pseudodynamics(adata, time_key="day", state_key="X_state")  # doctest: +SKIP
+    >>> wd.pl.pseudodynamics_fields(adata, "state", truth={"growth": "true_g"})  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 
@@ -277,7 +283,10 @@ def population_fit(
 
     Examples
     --------
-    >>> wd.pl.population_fit(adata)
+    >>> import waddington as wd
+    >>> adata = wd.datasets.population_1d()
+    >>> wd.tl.pseudodynamics(adata, time_key="day", state_key="X_state")  # doctest: +SKIP
+    >>> wd.pl.population_fit(adata)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 

@@ -4,3 +4,5 @@ from ._lsd import LSDModel, lsd
 from ._lsd_fates import lsd_fates
 from ._lsd_perturb import lsd_perturb
 from ._pseudodynamics import pseudodynamics, pseudodynamics_predict
+
+__all__ = ["LSDModel", "lsd", "lsd_fates", "lsd_perturb", "pseudodynamics", "pseudodynamics_predict"]

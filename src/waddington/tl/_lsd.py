@@ -183,7 +183,7 @@ def lsd(
     walks. Compared with sclsd 0.3.0: the cosine learning-rate schedule is stepped (per epoch), every configured
     layer size is used, the library-size prior is on the log scale, cells are never dropped, ``X`` may be dense or
     sparse, expression rows are gathered per batch (no dense copy), walks are resampled each epoch, the flow uses
-    fixed-step RK4, and the device is chosen automatically.
+    fixed-step rules (explicit midpoint by default, RK4 as an option), and the device is chosen automatically.
 
     Parameters
     ----------
@@ -486,6 +486,17 @@ class LSDModel:
     """A trained LSD model for notebook use: encode cells, evaluate the potential, flow states, save and load.
 
     Obtain one with ``wd.tl.lsd(adata, return_model=True)``, :meth:`from_adata` or :meth:`load`.
+
+    Parameters
+    ----------
+    module
+        The trained :class:`~waddington.models.lsd.model.LSDModule` (put in evaluation mode).
+    params
+        The options it was trained with (``uns["lsd"]["params"]``).
+    var_names
+        The genes of its input, in order; :meth:`encode` selects and orders an AnnData's genes by them.
+    history
+        Per-epoch training history (``uns["lsd"]["history"]``).
     """
 
     def __init__(self, module, *, params: dict[str, Any], var_names: list[str], history: dict[str, Any] | None = None):

@@ -150,6 +150,8 @@ def lsd_perturb(
     Examples
     --------
     >>> import waddington as wd
+    >>> adata = wd.datasets.toggle_switch()
+    >>> wd.pp.lsd_prior(adata, time_key="dpt_pseudotime")
     >>> wd.tl.lsd(adata)  # doctest: +SKIP
     >>> df = wd.tl.lsd_perturb(adata, ["Gata1", "Spi1"], cluster_key="clusters")  # doctest: +SKIP
     >>> wd.pl.perturbation(adata)  # doctest: +SKIP

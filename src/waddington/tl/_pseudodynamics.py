@@ -419,8 +419,8 @@ def pseudodynamics(
     --------
     >>> import waddington as wd
     >>> adata = wd.datasets.population_1d()
-    >>> wd.tl.pseudodynamics(adata, time_key="day", state_key="X_state")
-    >>> adata.obs[["pd_growth", "true_g"]].corr()
+    >>> wd.tl.pseudodynamics(adata, time_key="day", state_key="X_state")  # doctest: +SKIP
+    >>> adata.obs[["pd_growth", "true_g"]].corr()  # doctest: +SKIP
     """
     from waddington.models.pseudodynamics import (
         PseudodynamicsConfig,
@@ -833,8 +833,11 @@ def pseudodynamics_predict(
 
     Examples
     --------
-    >>> pred = wd.tl.pseudodynamics_predict(adata, times=[0.5, 1.5])
-    >>> pred["growth"].shape
+    >>> import waddington as wd
+    >>> adata = wd.datasets.population_1d()
+    >>> wd.tl.pseudodynamics(adata, time_key="day", state_key="X_state")  # doctest: +SKIP
+    >>> pred = wd.tl.pseudodynamics_predict(adata, times=[0.5, 1.5])  # doctest: +SKIP
+    >>> pred["growth"].shape  # doctest: +SKIP
     """
     net, params = _load_net(adata, key)
     n_dims = int(params["n_dims"])
