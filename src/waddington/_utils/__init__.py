@@ -6,6 +6,7 @@ from ._random import get_rng, seed_everything
 from ._validate import (
     check_counts,
     check_finite,
+    check_finite_obs,
     check_graph,
     check_layer,
     check_obs,
@@ -19,6 +20,7 @@ from ._validate import (
 __all__ = [
     "check_counts",
     "check_finite",
+    "check_finite_obs",
     "check_graph",
     "check_layer",
     "check_obs",

@@ -55,14 +55,19 @@ def check_obs(
         if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
             raise TypeError(f"adata.obs[{key!r}] must be numeric, found dtype {col.dtype}.")
     if finite:
-        values = col.to_numpy(dtype=float)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ValueError(
-                f"adata.obs[{key!r}] has {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. at cell "
-                f"{adata.obs_names[np.flatnonzero(bad)[0]]!r}; fill or remove them before calling this function."
-            )
+        check_finite_obs(adata, key, col.to_numpy(dtype=float))
     return col
+
+
+def check_finite_obs(adata: AnnData, key: str, values: np.ndarray) -> np.ndarray:
+    """Raise a clear error naming ``adata.obs[key]`` and a cell when ``values`` (that column, as numbers) has NaN/inf."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f"adata.obs[{key!r}] has {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. at cell "
+            f"{adata.obs_names[np.flatnonzero(bad)[0]]!r}; fill or remove them before calling this function."
+        )
+    return values
 
 
 def check_obsm(adata: AnnData, key: str, *, fix: str | None = None, finite: bool = True) -> np.ndarray:

@@ -12,7 +12,16 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from waddington._utils import check_obs, check_obsm, check_uns, get_rng, logger, resolve_accelerator, seed_everything
+from waddington._utils import (
+    check_finite_obs,
+    check_obs,
+    check_obsm,
+    check_uns,
+    get_rng,
+    logger,
+    resolve_accelerator,
+    seed_everything,
+)
 
 _FIELDS_DOC = "run `wd.tl.pseudodynamics(adata, time_key=..., state_key=...)` first"
 
@@ -36,14 +45,7 @@ def _numeric_time(adata: AnnData, time_key: str) -> np.ndarray:
                 "[0].astype(float)`, and pass `time_key='time'`."
             )
         col = converted
-    values = col.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        raise ValueError(
-            f"adata.obs[{time_key!r}] has {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. at cell "
-            f"{adata.obs_names[np.flatnonzero(bad)[0]]!r}; fill or remove them before calling this function."
-        )
-    return values
+    return check_finite_obs(adata, time_key, col.to_numpy(dtype=np.float64, na_value=np.nan))
 
 
 def _population_table(adata: AnnData, population, time_key: str) -> pd.DataFrame:
