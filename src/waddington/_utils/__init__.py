@@ -2,7 +2,7 @@
 
 from ._device import resolve_accelerator, resolve_device
 from ._logging import logger
-from ._random import get_rng, seed_everything
+from ._random import get_rng, resolve_seed, seed_everything
 from ._validate import (
     check_counts,
     check_finite,
@@ -33,5 +33,6 @@ __all__ = [
     "logger",
     "resolve_accelerator",
     "resolve_device",
+    "resolve_seed",
     "seed_everything",
 ]

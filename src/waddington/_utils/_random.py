@@ -36,6 +36,15 @@ def get_rng(random_state: RandomState = 0) -> np.random.Generator:
     return np.random.default_rng(int(random_state))
 
 
+def resolve_seed(random_state: int | None) -> int:
+    """The integer seed for ``random_state``: ``None`` draws one from OS entropy (so it can be stored with results)."""
+    if random_state is None:
+        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
+    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
+        raise ValueError(f"`random_state` must be a non-negative int or None, got {random_state!r}.")
+    return int(random_state)
+
+
 def seed_everything(random_state: int | None) -> int:
     """Seed Python, numpy and torch (CPU and CUDA) from one integer and return the seed used.
 
@@ -43,11 +52,7 @@ def seed_everything(random_state: int | None) -> int:
     """
     import torch
 
-    if random_state is None:
-        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
-    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
-        raise ValueError(f"`random_state` must be a non-negative int or None, got {random_state!r}.")
-    seed = int(random_state)
+    seed = resolve_seed(random_state)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

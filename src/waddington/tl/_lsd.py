@@ -18,6 +18,7 @@ from waddington._utils import (
     counts_with_source,
     logger,
     resolve_accelerator,
+    resolve_seed,
     seed_everything,
 )
 
@@ -311,8 +312,7 @@ def lsd(
     if graph_key is None:
         graph_key = str(prior_info.get("params", {}).get("graph_key", "connectivities"))
     graph = check_obsp(adata, graph_key, fix="run `sc.pp.neighbors(adata)` first (or pass `graph_key=`)")
-    if random_state is None:
-        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
+    random_state = resolve_seed(random_state)
     prior = _checked_prior(prior, f"{prior_key}_transitions", fix_prior)
     counts, counts_source = counts_with_source(adata, layer)
     x_log = _log_expression(adata)

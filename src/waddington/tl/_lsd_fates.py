@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from waddington._utils import check_finite, check_obs, check_obsm, check_uns, logger
+from waddington._utils import check_finite, check_obs, check_obsm, check_uns, logger, resolve_seed
 
 __all__ = ["lsd_fates"]
 
@@ -162,10 +162,7 @@ def lsd_fates(
         raise ValueError(f"`n_samples` must be >= 0 and `batch_size` >= 1, got {n_samples} and {batch_size}.")
     if not 0 <= min_fraction < 1:
         raise ValueError(f"`min_fraction` must lie in [0, 1), got {min_fraction}.")
-    if random_state is None:
-        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
-    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
-        raise ValueError(f"`random_state` must be a non-negative int or None, got {random_state!r}.")
+    random_state = resolve_seed(random_state)
     clusters = _clusters(adata, cluster_key)
     terminal = _check_terminal(terminal_states, clusters, cluster_key)
     module, x, states, _ = _model_inputs(adata, key)

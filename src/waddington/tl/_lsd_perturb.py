@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from waddington._utils import check_obs, logger
+from waddington._utils import check_obs, logger, resolve_seed
 
 from ._lsd_fates import _check_terminal, _clusters, _model_inputs
 
@@ -173,10 +173,7 @@ def lsd_perturb(
         raise ValueError("`time_range` must be positive and `n_rounds`, `n_steps`, `n_samples`, `batch_size` >= 1.")
     if not np.isfinite(level):
         raise ValueError(f"`level` must be finite, got {level}.")
-    if random_state is None:
-        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
-    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
-        raise ValueError(f"`random_state` must be a non-negative int or None, got {random_state!r}.")
+    random_state = resolve_seed(random_state)
     clusters = _clusters(adata, cluster_key)
     terminal = _check_terminal(terminal_states, clusters, cluster_key)
     module, x, states, var_names = _model_inputs(adata, key)

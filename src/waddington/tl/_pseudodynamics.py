@@ -20,6 +20,7 @@ from waddington._utils import (
     get_rng,
     logger,
     resolve_accelerator,
+    resolve_seed,
     seed_everything,
 )
 
@@ -459,8 +460,7 @@ def pseudodynamics(
     acc = resolve_accelerator(accelerator)
 
     # ---- read and validate (nothing is written before training succeeded)
-    if random_state is None:
-        random_state = int(np.random.default_rng().integers(0, 2**31 - 1))
+    random_state = resolve_seed(random_state)
     time = _numeric_time(adata, time_key)
     states_all = check_obsm(adata, state_key, fix="compute an embedding first, e.g. `sc.tl.diffmap(adata)`")
     if n_dims is None:
