@@ -343,3 +343,22 @@ def test_strategy_reaches_lightning_and_is_recorded():
     assert "pd_split" not in a.obs and "pseudodynamics" not in a.uns
     _call(a, max_epochs=1, strategy="single_device", accelerator="cpu")
     assert a.uns["pseudodynamics"]["params"]["strategy"] == "single_device"
+
+
+def test_scanpy_diffmap_steady_state_column_gets_a_warning(caplog):
+    import scanpy as sc
+
+    a = _small_1d(n=30)
+    rng = np.random.default_rng(0)
+    a.obsm["X_pca"] = np.c_[np.sort(rng.uniform(0, 1, a.n_obs)), rng.normal(0, 0.01, a.n_obs)]  # one connected chain
+    sc.pp.neighbors(a, n_neighbors=10, use_rep="X_pca")
+    sc.tl.diffmap(a, n_comps=4)
+    assert a.obsm["X_diffmap"][:, 0].std() < 0.2 * a.obsm["X_diffmap"][:, 1].std()
+    with caplog.at_level("WARNING", logger="waddington"):
+        wd.tl.pseudodynamics(a, time_key="day", state_key="X_diffmap", n_dims=2, **{**FAST, "max_epochs": 1})
+    assert "steady-state component" in caplog.text and "[:, 1:3]" in caplog.text
+    caplog.clear()
+    a.obsm["X_dm"] = a.obsm["X_diffmap"][:, 1:3]
+    with caplog.at_level("WARNING", logger="waddington"):
+        wd.tl.pseudodynamics(a, time_key="day", state_key="X_dm", **{**FAST, "max_epochs": 1})
+    assert "steady-state" not in caplog.text

@@ -473,6 +473,15 @@ def pseudodynamics(
             f"column(s); pass `n_dims<={states_all.shape[1]}` or a larger embedding."
         )
     states = np.ascontiguousarray(states_all[:, :n_dims])
+    spread = states_all.std(0)
+    if state_key == "X_diffmap" and spread.size > 1 and spread[0] < 0.2 * spread[1]:
+        # scanpy's diffusion map keeps the stationary eigenvector as column 0 (nearly constant)
+        logger.warning(
+            "adata.obsm['X_diffmap'] column 0 is scanpy's steady-state component, which carries no information on "
+            "the cell state; to leave it out, store `adata.obsm['X_dm'] = adata.obsm['X_diffmap'][:, 1:%d]` and pass "
+            "`state_key='X_dm'`",
+            n_dims + 1,
+        )
     if population is None:
         t_u, counts = np.unique(time, return_counts=True)
         table = pd.DataFrame({"t": t_u, "mean": counts.astype(float), "std": 0.0, "n_lib": 1.0})
