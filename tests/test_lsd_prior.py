@@ -117,8 +117,13 @@ def test_prior_bad_input_names_slot_and_leaves_adata_unchanged():
     with pytest.raises(KeyError, match="'missing'.*adata.obs.*sc.tl.dpt"):
         wd.pp.lsd_prior(adata, "missing")
     adata.obs["bad"] = [0.0, np.nan, 0.2, 0.3, 0.4, 0.5]
-    with pytest.raises(ValueError, match="'bad'.*non-finite"):
+    with pytest.raises(ValueError, match="'bad'.*non-finite") as err:
         wd.pp.lsd_prior(adata, "bad")
+    assert "sc.tl.dpt" not in str(err.value)  # the DPT hint is for +inf only
+    adata.obs["dpt_pseudotime"] = [0.0, 0.1, 0.2, np.inf, np.inf, 0.5]  # scanpy's value for disconnected cells
+    with pytest.raises(ValueError, match=r"2 non-finite.*all \+inf.*sc.tl.dpt.*sc.pp.neighbors"):
+        wd.pp.lsd_prior(adata, "dpt_pseudotime")
+    del adata.obs["dpt_pseudotime"]
     with pytest.raises(KeyError, match="'nope'.*adata.obsp.*sc.pp.neighbors"):
         wd.pp.lsd_prior(adata, "t", graph_key="nope")
     with pytest.raises(ValueError, match="time_key"):

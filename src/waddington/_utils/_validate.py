@@ -63,9 +63,15 @@ def check_finite_obs(adata: AnnData, key: str, values: np.ndarray) -> np.ndarray
     """Raise a clear error naming ``adata.obs[key]`` and a cell when ``values`` (that column, as numbers) has NaN/inf."""
     bad = ~np.isfinite(values)
     if bad.any():
+        hint = ""
+        if np.isposinf(values[bad]).all():
+            hint = (
+                " (all +inf: scanpy's `sc.tl.dpt` gives +inf to cells its kNN graph does not connect to the root "
+                "cell; more neighbours in `sc.pp.neighbors` or one connected component avoids it)"
+            )
         raise ValueError(
             f"adata.obs[{key!r}] has {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. at cell "
-            f"{adata.obs_names[np.flatnonzero(bad)[0]]!r}; fill or remove them before calling this function."
+            f"{adata.obs_names[np.flatnonzero(bad)[0]]!r}; fill or remove them before calling this function{hint}."
         )
     return values
 
