@@ -81,7 +81,7 @@ def _landscape(module, x, device) -> dict[str, np.ndarray]:
     return {"z": z, "B_loc": b_loc, "B_scale": b_scale, "V": v.astype(np.float64)}
 
 
-def _checked_prior(prior: sp.csr_matrix, key: str, fix: str) -> sp.csr_matrix:
+def _checked_prior(prior: sp.csr_matrix, key: str) -> sp.csr_matrix:
     """The prior as row-stochastic CSR; a prior cut down by subsetting the AnnData is renormalised with a warning.
 
     Subsetting ``adata`` subsets ``obsp`` too, so the prior's rows lose the mass of the removed cells. The walks
@@ -98,12 +98,11 @@ def _checked_prior(prior: sp.csr_matrix, key: str, fix: str) -> sp.csr_matrix:
     p, empty = row_normalize(p)
     logger.warning(
         "adata.obsp[%r] is not row-stochastic in %d row(s) (it was probably built before the AnnData was subset); "
-        "those rows are renormalised and %d cell(s) left without a successor are absorbing. %s to rebuild it for "
-        "these cells.",
+        "those rows are renormalised and %d cell(s) left without a successor are absorbing. Run "
+        "`wd.pp.lsd_prior(adata, time_key=...)` on this AnnData to rebuild it for these cells.",
         key,
         int(off.sum()),
         int(empty.size),
-        fix.split(" (")[0].replace("run", "Run", 1),
     )
     return p
 
@@ -313,7 +312,7 @@ def lsd(
         graph_key = str(prior_info.get("params", {}).get("graph_key", "connectivities"))
     graph = check_obsp(adata, graph_key, fix="run `sc.pp.neighbors(adata)` first (or pass `graph_key=`)")
     random_state = resolve_seed(random_state)
-    prior = _checked_prior(prior, f"{prior_key}_transitions", fix_prior)
+    prior = _checked_prior(prior, f"{prior_key}_transitions")
     counts, counts_source = counts_with_source(adata, layer)
     x_log = _log_expression(adata)
     if library_key is not None and library_key in adata.obs:
