@@ -167,6 +167,8 @@ def check_counts(counts: Any, where: str) -> None:
 
 
 def _is_integer_matrix(mat: Any) -> bool:
+    if mat is None:
+        return False
     data = mat.data if sp.issparse(mat) else np.asarray(mat)
     if data.size == 0:
         return True
@@ -183,6 +185,23 @@ def get_counts(adata: AnnData, layer: str | None = "raw") -> sp.csr_matrix:
     return counts_with_source(adata, layer)[0]
 
 
+def _raw_columns(adata: AnnData, fix: str):
+    """The columns of ``adata.raw.X`` for ``adata.var_names`` (only those are read and checked, not all of raw).
+
+    A raw that lacks some of the genes is an error when it holds counts (it would otherwise be the source).
+    """
+    raw = adata.raw
+    missing = adata.var_names.difference(raw.var_names)
+    if len(missing):
+        if _is_integer_matrix(raw.X):
+            raise ValueError(
+                f"adata.raw lacks {len(missing)} of the genes in adata.var_names (e.g. {missing[0]!r}), so its counts "
+                f"cannot stand for adata.X; {fix}."
+            )
+        return None
+    return raw.X if np.array_equal(raw.var_names, adata.var_names) else raw[:, adata.var_names].X
+
+
 def counts_with_source(adata: AnnData, layer: str | None = "raw") -> tuple[sp.csr_matrix, str]:
     """:func:`get_counts` and where the counts came from (``"adata.layers['raw']"``, ``"adata.raw.X"``, ...)."""
     fix = (
@@ -193,18 +212,8 @@ def counts_with_source(adata: AnnData, layer: str | None = "raw") -> tuple[sp.cs
         source, counts = "adata.X", adata.X
     elif layer in adata.layers:
         source, counts = f"adata.layers[{layer!r}]", adata.layers[layer]
-    elif adata.raw is not None and _is_integer_matrix(adata.raw.X):
-        missing = adata.var_names.difference(adata.raw.var_names)
-        if len(missing):
-            raise ValueError(
-                f"adata.raw lacks {len(missing)} of the genes in adata.var_names (e.g. {missing[0]!r}), so its counts "
-                f"cannot stand for adata.X; {fix}."
-            )
-        source = "adata.raw.X"
-        if np.array_equal(adata.raw.var_names, adata.var_names):
-            counts = adata.raw.X
-        else:
-            counts = adata.raw[:, adata.var_names].X
+    elif adata.raw is not None and _is_integer_matrix(raw_counts := _raw_columns(adata, fix)):
+        source, counts = "adata.raw.X", raw_counts
         logger.info("layer %r not found; using raw counts from adata.raw.X", layer)
     elif adata.X is not None and _is_integer_matrix(adata.X):
         source, counts = "adata.X", adata.X
