@@ -4,7 +4,9 @@ Prints, for the main option combinations (residual raw / ginv / rcg; growth logr
 without conditional flow matching), the recovery scores against the truth and the training time, plus the cost of
 one training step of 200 cells with one torch thread (the reference pseudodynamics+ needs 0.16 s per such step:
 an adaptive dopri5 adjoint solve with ~33 right-hand-side evaluations; here a fixed 3-node Gauss–Legendre
-quadrature and no adjoint).
+quadrature, no adjoint, and the PDE terms from forward-mode jets), uncompiled and with ``compile=True``. The
+compiled rows include compiling in their setup, not in the step figure; the recovery row ``compile=True`` includes
+it in its total (about 30 s with a cold inductor cache, a few seconds with a warm one).
 
 Run (about 20-30 min on 2 quiet cores):
 
@@ -41,6 +43,7 @@ COMBOS = {
     "growth massbalance": {"growth_loss_mode": "massbalance"},
     "no CFM": {"cfm_weight": 0.0},
     "CFM unbalanced (reg_m=1)": {"cfm_unbalanced_reg_m": 1.0},
+    "compile=True": {"compile": True},
 }
 
 
@@ -64,8 +67,11 @@ def scores(adata) -> dict[str, float]:
     }
 
 
-def _step_setup(adata, n_steps: int, batch_size: int, **options):
-    """A fresh module and ``n_steps`` pre-drawn batches (after 5 warm-up steps), one torch thread."""
+def _step_setup(adata, n_steps: int, batch_size: int, engine: str = "auto", **options):
+    """A fresh module and ``n_steps`` pre-drawn batches (after 5 warm-up steps, which compile), one torch thread.
+
+    ``engine="autograd"`` computes the PDE terms by nested backward passes (the code before forward-mode jets).
+    """
     torch.set_num_threads(1)
     X = np.asarray(adata.obsm["X_state"], dtype=float)
     times, ti = np.unique(adata.obs["day"].to_numpy(), return_inverse=True)
@@ -76,6 +82,8 @@ def _step_setup(adata, n_steps: int, batch_size: int, **options):
     data = TrainingData(X, ti, times, log_u, np.log(pop))
     net = PseudodynamicsNet(X.shape[1], state_center=X.mean(0), state_scale=X.std(0), time_center=2.5, time_scale=2.5)
     module = PseudodynamicsModule(net, cfg, len(times) - 1)
+    if engine != "auto":
+        module.engine = engine
     it = iter(PairBatches(data, np.arange(X.shape[0]), cfg, n_steps + 5, seed=0))
     opt = module.optimizer
 
@@ -178,8 +186,13 @@ def main():
     print("## seconds per training step of 200 cells, 1 torch thread (reference pseudodynamics+: 0.16 s)")
     for name, ad_, opts in [
         ("population_1d (d=1)", one_d, {}),
+        ("population_1d, compile=True", one_d, {"compile": True}),
+        ("population_1d, nested autograd (before jets)", one_d, {"engine": "autograd"}),
         ("population_branching (d=2)", branching, {}),
+        ("population_branching, compile=True", branching, {"compile": True}),
+        ("population_branching, nested autograd", branching, {"engine": "autograd"}),
         ("population_branching, residual rcg", branching, {"residual_mode": "rcg"}),
+        ("population_branching, rcg, compile=True", branching, {"residual_mode": "rcg", "compile": True}),
         ("population_branching, no CFM", branching, {"cfm_weight": 0.0}),
     ]:
         sec = step_seconds(ad_, **opts)

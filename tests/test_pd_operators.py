@@ -214,3 +214,64 @@ def test_pair_batches_differ_between_devices_and_rank_zero_keeps_the_single_devi
 
     assert first() == first(0)
     assert first(1) != first(0) and first(1) != first(2)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "silu", "elu", "mish"])
+@pytest.mark.parametrize("d", [1, 3])
+def test_jet_terms_equal_nested_autograd(activation, d):
+    # the forward-mode jets used for training must give the PDE terms of nested autograd, every field included
+    torch.manual_seed(3)
+    net = PseudodynamicsNet(
+        d, hidden=(16, 12), activation=activation, state_scale=[1.5] * d, time_scale=2.0, time_center=1.0
+    ).double()
+    s = torch.randn(40, d, dtype=torch.float64)
+    t = torch.rand(40, dtype=torch.float64) * 3
+    jet = pde_terms(net, s, t, engine="jet")
+    ref = pde_terms(net, s, t, engine="autograd")
+    for key in ref:
+        assert torch.allclose(jet[key], ref[key], rtol=1e-10, atol=1e-12), key
+    # and so must the parameter gradients of a loss built from them
+    loss_jet = (jet["residual"] ** 2).mean() + jet["D"].mean() + jet["log_u"].mean() + jet["g"].mean()
+    loss_ref = (ref["residual"] ** 2).mean() + ref["D"].mean() + ref["log_u"].mean() + ref["g"].mean()
+    grads_jet = torch.autograd.grad(loss_jet, list(net.parameters()))
+    grads_ref = torch.autograd.grad(loss_ref, list(net.parameters()))
+    for a, b in zip(grads_jet, grads_ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"time_dependent": False},
+        {"zero_growth": True},
+        {"diffusion_positive": False},
+        {"diffusion_clip": (0.02, 0.05)},
+    ],
+)
+def test_jet_terms_equal_nested_autograd_for_field_options(options):
+    torch.manual_seed(4)
+    net = PseudodynamicsNet(2, hidden=(8,), state_scale=[0.5, 2.0], **options).double()
+    s = torch.randn(30, 2, dtype=torch.float64)
+    t = torch.rand(30, dtype=torch.float64)
+    jet = pde_terms(net, s, t, engine="jet")
+    ref = pde_terms(net, s, t, engine="autograd")
+    for key in ref:
+        assert torch.allclose(jet[key], ref[key], rtol=1e-10, atol=1e-12), key
+
+
+def test_jet_engine_refuses_hutchinson_traces():
+    net = PseudodynamicsNet(2, hidden=(8,))
+    with pytest.raises(ValueError, match="exact"):
+        pde_terms(net, torch.randn(5, 2), torch.rand(5), method="hutchinson", engine="jet")
+
+
+def test_velocity_cosine_averages_over_cells_that_moved_only():
+    from waddington.models.pseudodynamics.losses import velocity_cosine
+
+    deltax = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
+    v = torch.tensor([[2.0, 0.0], [5.0, 5.0], [1.0, 1.0]], requires_grad=True)
+    # cells 0 and 2 moved: cos = 1 and 1/√2; cell 1 has no displacement and does not count
+    assert torch.isclose(velocity_cosine(deltax, v), torch.tensor(-(1 + 2**-0.5) / 2))
+    still = velocity_cosine(torch.zeros(3, 2), v)
+    (grad,) = torch.autograd.grad(still, v)
+    assert float(still) == 0.0 and torch.equal(grad, torch.zeros_like(v))

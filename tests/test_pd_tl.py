@@ -362,3 +362,36 @@ def test_scanpy_diffmap_steady_state_column_gets_a_warning(caplog):
     with caplog.at_level("WARNING", logger="waddington"):
         wd.tl.pseudodynamics(a, time_key="day", state_key="X_dm", **{**FAST, "max_epochs": 1})
     assert "steady-state" not in caplog.text
+
+
+def test_compile_with_hutchinson_traces_is_refused_before_anything_is_written():
+    a = _small_1d(n=20)
+    with pytest.raises(ValueError, match="compile=True.*exact"):
+        _call(a, compile=True, divergence="hutchinson")
+    assert "pd_split" not in a.obs and "pseudodynamics" not in a.uns
+
+
+def test_compile_without_a_compiler_warns_and_trains_uncompiled(monkeypatch, caplog):
+    from waddington.models.pseudodynamics import training
+
+    monkeypatch.setattr(training, "_has_compiler", lambda: False)
+    a, b = _small_1d(n=30), _small_1d(n=30)
+    with caplog.at_level("WARNING", logger="waddington"):
+        _call(a, compile=True, max_epochs=1)
+    assert "C++ compiler" in caplog.text
+    _call(b, max_epochs=1)
+    # the uncompiled fallback is the default path: the same numbers
+    np.testing.assert_array_equal(a.obs["pd_growth"], b.obs["pd_growth"])
+    assert bool(a.uns["pseudodynamics"]["params"]["compile"])
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_uncompiled_and_is_reproducible():
+    # torch.compile fuses the loss and its backward: float32 rounding differs, the fit must not
+    runs = []
+    for compile_ in (True, True, False):
+        a = _small_1d(n=40)
+        _call(a, compile=compile_, max_epochs=3)
+        runs.append(a.obs["pd_growth"].to_numpy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_allclose(runs[0], runs[2], rtol=1e-3, atol=1e-4)

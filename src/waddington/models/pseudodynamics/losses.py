@@ -40,7 +40,7 @@ def ode_consistency(
     log_u_nodes: torch.Tensor,
     rhs_nodes: torch.Tensor,
     quad_weights: torch.Tensor,
-    dt: float,
+    dt: float | torch.Tensor,
     floor: torch.Tensor,
     alpha: float,
     form: str = "log",
@@ -96,8 +96,8 @@ def growth_loss(
     iw_kp1: torch.Tensor,
     iw_int: torch.Tensor,
     growth_integral: torch.Tensor,
-    dt: float,
-    relmass: float,
+    dt: float | torch.Tensor,
+    relmass: float | torch.Tensor,
     pop_ref: str,
 ) -> torch.Tensor:
     """Population (growth) loss: ``legacy``, ``logratio`` or ``massbalance`` (reference §3.4-4).
@@ -184,12 +184,12 @@ def diffusion_variance_entropy(
 
 def velocity_cosine(deltax: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``-mean cos(Δx_i, v_i)`` over the cells with a non-zero displacement (reference's ``deltax`` loss)."""
-    keep = deltax.norm(dim=-1) > 0
-    if not bool(keep.any()):
-        return v.sum() * 0.0
-    return -torch.nn.functional.cosine_similarity(deltax[keep], v[keep], dim=-1, eps=1e-12).mean()
+    # a mask multiplied in rather than indexed, so the shapes never depend on the data (torch.compile)
+    keep = (deltax.norm(dim=-1) > 0).to(v.dtype)
+    cos = torch.nn.functional.cosine_similarity(deltax, v, dim=-1, eps=1e-12)
+    return -(cos * keep).sum() / keep.sum().clamp_min(1.0)
 
 
-def flow_matching(v_pred: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, dt: float) -> torch.Tensor:
+def flow_matching(v_pred: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, dt: float | torch.Tensor) -> torch.Tensor:
     """Conditional flow matching: ``mean ‖v(x_τ, t_τ) - (x1 - x0)/Δt‖²`` over elements."""
-    return ((v_pred - (x1 - x0) / max(float(dt), 1e-6)) ** 2).mean()
+    return ((v_pred - (x1 - x0) / torch.as_tensor(dt, dtype=v_pred.dtype).clamp_min(1e-6)) ** 2).mean()

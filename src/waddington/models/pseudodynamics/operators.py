@@ -12,12 +12,17 @@ The reference implementation sums the drift and the gradient over dimensions bef
   ``∇·(u v)/u = ∇·v + v·∇ℓ`` and ``∇·(D ∇u)/u = D (Δℓ + |∇ℓ|²) + ∇D·∇ℓ``.
 
 Exact traces cost ``d`` backward passes; for ``d`` above about 5 the Hutchinson estimator (Rademacher probes)
-is cheaper and is what ``method="auto"`` picks.
+is cheaper and is what ``method="auto"`` picks. :func:`pde_terms` computes the exact terms with forward-mode
+jets (:mod:`.jets`) instead of nested backward passes: the same values, one plain forward graph, and a training
+step that ``torch.compile`` can trace.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from . import jets
 
 
 def gradient(f: torch.Tensor, x: torch.Tensor, *, create_graph: bool = True) -> torch.Tensor:
@@ -100,6 +105,7 @@ def pde_terms(
     n_probes: int = 1,
     generator: torch.Generator | None = None,
     create_graph: bool = True,
+    engine: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Evaluate the surrogate, the fields and every PDE term (divided by ``u``) at states ``s`` and times ``t``.
 
@@ -115,6 +121,9 @@ def pde_terms(
         How divergences and Laplacians are computed (see :func:`divergence`).
     create_graph
         Keep the graph for a backward pass through the terms.
+    engine
+        ``"jet"`` (forward-mode jets, exact traces only), ``"autograd"`` (nested backward passes) or ``"auto"``
+        (jets whenever the traces are exact and every activation has a jet rule).
 
     Returns
     -------
@@ -122,6 +131,14 @@ def pde_terms(
     (∇·(u v)/u), ``diffusion`` (∇·(D∇u)/u), ``rhs`` (g − drift + diffusion, the PDE right-hand side over u) and
     ``residual`` (∂ℓ/∂t − rhs). Multiply by ``exp(log_u)`` for the terms of the PDE in ``u`` itself.
     """
+    exact = _resolve(method, s.shape[1]) == "exact"
+    can_jet = exact and _jet_ready(net)
+    if engine not in ("auto", "jet", "autograd"):
+        raise ValueError(f"`engine` must be 'auto', 'jet' or 'autograd', got {engine!r}.")
+    if engine == "jet" and not can_jet:
+        raise ValueError("engine='jet' needs exact traces (method='exact') and activations with a jet rule.")
+    if engine != "autograd" and can_jet:
+        return _finish(*_jet_fields(net, s, t.reshape(-1)))
     s = s.detach().requires_grad_(True)
     t = t.detach().reshape(-1).requires_grad_(True)
     log_u = net.log_density(s, t)
@@ -132,6 +149,11 @@ def pde_terms(
     D = net.diffusion(s, t)
     div_v = divergence(v, s, method=method, n_probes=n_probes, generator=generator, create_graph=create_graph)
     dD = gradient(D, s, create_graph=create_graph)
+    return _finish(log_u, dl_dt, dl_ds, lap_l, g, v, div_v, D, dD)
+
+
+def _finish(log_u, dl_dt, dl_ds, lap_l, g, v, div_v, D, dD) -> dict[str, torch.Tensor]:
+    """Assemble the PDE terms over ``u`` from ``ℓ``, its derivatives and the fields (see :func:`pde_terms`)."""
     drift = div_v + (v * dl_ds).sum(-1)
     diffusion = D * (lap_l + (dl_ds * dl_ds).sum(-1)) + (dD * dl_ds).sum(-1)
     rhs = g - drift + diffusion
@@ -148,3 +170,52 @@ def pde_terms(
         "rhs": rhs,
         "residual": dl_dt - rhs,
     }
+
+
+def _jet_ready(net) -> bool:
+    """Whether ``net`` is a :class:`PseudodynamicsNet`-like module whose four MLPs all have jet rules."""
+    nets = [getattr(net, name, None) for name in ("u", "g", "v", "D")]
+    return hasattr(net, "_inputs") and all(isinstance(m, nn.Sequential) and jets.supported(m) for m in nets)
+
+
+def _jet_fields(net, s: torch.Tensor, t: torch.Tensor):
+    """``ℓ, ∂ℓ/∂t, ∇ℓ, Δℓ, g, v, ∇·v, D, ∇D`` by forward-mode jets through the four MLPs.
+
+    The networks see ``z = (s - c)/σ`` and ``τ = (t - t_c)/σ_t``, so the derivative of the input along the raw
+    state direction ``e_i`` is ``e_i/σ_i`` and along time ``e_t/σ_t``; the inputs are affine, so their second
+    derivatives vanish and the surrogate's Laplacian is the sum of its second derivatives along the ``d`` state
+    directions.
+    """
+    d = s.shape[1]
+    x = net._inputs(s, t, True)
+    inv = torch.cat([1.0 / net.state_scale, (1.0 / net.time_scale).reshape(1)]).to(s.dtype)
+    tangents = (torch.eye(d + 1, dtype=s.dtype, device=s.device) * inv[:, None])[:, None, :]  # (d+1)×1×(d+1)
+    lu, dlu, d2lu = jets.mlp_jet(net.u, x, tangents, n_second=d)
+    log_u = lu[:, 0]
+    dl_ds = dlu[:d, :, 0].t()
+    dl_dt = dlu[d, :, 0]
+    lap_l = d2lu[:, :, 0].sum(0)
+
+    xf = x if net.time_dependent else x[:, :d]
+    state_tangents = tangents[:d, :, : xf.shape[1]]
+    if net.zero_growth:
+        g = s.sum(-1) * 0.0
+    else:
+        g = net.g(xf)[:, 0] * net.growth_scale
+    vr, dv, _ = jets.mlp_jet(net.v, xf, state_tangents)
+    v = vr * net.velocity_scale
+    div_v = (torch.diagonal(dv, dim1=0, dim2=2) * net.velocity_scale).sum(-1)
+    hD, dhD, _ = jets.mlp_jet(net.D, xf, state_tangents)
+    hD, dhD = hD[:, 0], dhD[:, :, 0]
+    if net.diffusion_positive:
+        D, slope = nn.functional.softplus(hD), torch.sigmoid(hD)
+    else:
+        D, slope = hD, torch.ones_like(hD)
+    D = D * net.diffusion_scale
+    slope = slope * net.diffusion_scale
+    if net.diffusion_clip is not None:
+        lo, hi = net.diffusion_clip
+        slope = slope * ((D >= lo) & (D <= hi)).to(D.dtype)
+        D = D.clamp(lo, hi)
+    dD = (slope[None] * dhD).t()
+    return log_u, dl_dt, dl_ds, lap_l, g, v, div_v, D, dD

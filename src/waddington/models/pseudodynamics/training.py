@@ -3,7 +3,7 @@
 One training step draws a pair of consecutive time points ``(t_k, t_{k+1})`` (uniformly, as the reference), half a
 batch of cells from each, an optimal-transport pairing between the two halves, and evaluates every loss term of
 :mod:`~waddington.models.pseudodynamics.losses` on them. The PDE is evaluated at three kinds of points in one
-batched autograd pass: the batch cells at the quadrature nodes of ``[t_k, t_{k+1}]`` (neural-ODE consistency), the
+batched pass (forward-mode derivative jets, :mod:`.jets`): the batch cells at the quadrature nodes of ``[t_k, t_{k+1}]`` (neural-ODE consistency), the
 batch cells at their own observation time, and points on the OT displacement interpolation
 ``x_τ = (1-τ) x0 + τ x1`` at ``t_k + τ Δt`` (residual collocation where the population actually is between the two
 time points; the reference only used the observed times, and its own review notes asked for intermediate ones).
@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
+import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -28,9 +31,11 @@ from scipy.special import logsumexp
 from waddington.models._optim import adam
 
 from . import losses
-from .networks import PseudodynamicsNet
-from .operators import pde_terms
+from .networks import _ACTIVATIONS, PseudodynamicsNet
+from .operators import _jet_ready, pde_terms
 from .pairing import sample_pairs
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +93,7 @@ class PseudodynamicsConfig:
     max_epochs: int = 100
     steps_per_epoch: int | None = None
     early_stopping_patience: int = 20
+    compile: bool = False
 
     def validate(self) -> None:
         """Raise a :class:`ValueError` naming the option that is out of range."""
@@ -268,6 +274,12 @@ class PairBatches(torch.utils.data.IterableDataset):
         return out
 
 
+def _has_compiler() -> bool:
+    """Whether a C++ compiler is on ``PATH`` (torch.compile's CPU backend builds its kernels with one)."""
+    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return any(name and shutil.which(name) for name in names)
+
+
 def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss–Legendre nodes and weights on ``[0, 1]``."""
     x, w = np.polynomial.legendre.leggauss(int(n))
@@ -292,6 +304,25 @@ class PseudodynamicsModule(lp.LightningModule):
         self.rcg_steps = 0
 
         self.optimizer = adam(self.net.parameters(), lr=cfg.lr)
+        # the PDE terms come from forward-mode jets whenever the traces are exact (the same values as nested
+        # autograd, and a graph torch.compile can trace); compiling fuses the whole loss and its backward
+        self.engine = "auto"
+        self._loss_terms = self._terms
+        if cfg.compile:
+            if not _jet_ready(net) or (cfg.divergence == "hutchinson" or (cfg.divergence == "auto" and net.n_dims > 5)):
+                raise ValueError(
+                    "`compile=True` needs exact divergences (set divergence='exact'; 'auto' uses Hutchinson "
+                    f"probes above 5 dimensions, here {net.n_dims}) and one of the activations "
+                    f"{sorted(_ACTIVATIONS)}."
+                )
+            self.engine = "jet"
+            if _has_compiler():
+                self._loss_terms = torch.compile(self._terms, dynamic=False)
+            else:
+                logger.warning(
+                    "compile=True needs a C++ compiler for torch.compile (none found on PATH; set CXX); "
+                    "training runs uncompiled"
+                )
 
     def configure_optimizers(self):
         """The Adam optimiser shared with the surrogate pre-training, with a per-epoch cosine decay to lr/20."""
@@ -305,11 +336,43 @@ class PseudodynamicsModule(lp.LightningModule):
     # ------------------------------------------------------------------ loss
     def batch_losses(self, b: dict, train: bool) -> dict[str, torch.Tensor]:
         """Every loss term of one batch (dict of scalars, ``"loss"`` is the weighted total)."""
+        cfg = self.cfg
+        out, coll_g, r = self._loss_terms(b)
+        if cfg.residual_mode == "rcg":
+            out["residual"], r_eff = self._rcg(b, coll_g, r, out["residual_raw"], train)
+        else:
+            r_eff = cfg.residual_weight
+        total = (
+            out["density"]
+            + cfg.mass_weight * out.get("mass", 0.0)
+            + cfg.neuralode_weight * out["ode"]
+            + r_eff * out["residual"]
+        )
+        total = total + cfg.d_penalty * out["d_penalty"]
+        if "growth" in out:
+            total = total + cfg.growth_weight * out["growth"]
+        if "d_var" in out:
+            total = total + cfg.d_var_weight * out["d_var"]
+        if "deltax" in out:
+            total = total + cfg.deltax_weight * out["deltax"]
+        if "cfm" in out:
+            total = total + cfg.cfm_weight * out["cfm"]
+        if cfg.residual_mode == "rcg" and self.rcg_steps >= cfg.rcg_warmup_steps:
+            total = total + cfg.rcg_u_net_raw_weight * out["residual_raw"]
+        out["loss"] = total
+        return out
+
+    def _terms(self, b: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The loss terms that depend on the batch only (everything but the RCG residual and the weighted total).
+
+        Returns the terms and the growth and PDE residual at the collocation points (for the RCG residual). Pure in
+        the batch and the weights, with the time step as a tensor, so that ``torch.compile`` traces it once.
+        """
         cfg, net = self.cfg, self.net
         s, t_own = b["s"], b["t_own"]
         B = s.shape[0]
         t_k, t_kp1 = b["t_k"], b["t_kp1"]
-        dt = float(t_kp1 - t_k)
+        dt = t_kp1 - t_k
         ones = torch.ones(B, device=s.device)
         out: dict[str, torch.Tensor] = {}
         alpha = cfg.weight_intensity
@@ -348,6 +411,7 @@ class PseudodynamicsModule(lp.LightningModule):
             method=cfg.divergence,
             n_probes=cfg.n_probes,
             generator=self.probe_generator if cfg.divergence != "exact" else None,
+            engine=self.engine,
         )
         nB = nq * B
         node = {k_: v[:nB] for k_, v in terms.items()}
@@ -376,13 +440,9 @@ class PseudodynamicsModule(lp.LightningModule):
         out["residual_raw"] = raw
         if cfg.residual_mode == "raw":
             out["residual"] = raw
-            r_eff = cfg.residual_weight
         elif cfg.residual_mode == "ginv":
             g_star = (coll["g"] + r).detach()
             out["residual"] = ((coll["g"] - g_star) ** 2).mean()
-            r_eff = cfg.residual_weight
-        else:
-            out["residual"], r_eff = self._rcg(b, coll, r, raw, train)
 
         # (4) growth / population
         log_q = b["log_q"]
@@ -404,7 +464,7 @@ class PseudodynamicsModule(lp.LightningModule):
                 iw_int=iw_int,
                 growth_integral=g_int,
                 dt=dt,
-                relmass=float(torch.exp(b["log_relmass"])),
+                relmass=torch.exp(b["log_relmass"]),
                 pop_ref=cfg.growth_pop_ref,
             )
 
@@ -425,35 +485,16 @@ class PseudodynamicsModule(lp.LightningModule):
                 xl = (1 - tl_)[:, None] * x0l + tl_[:, None] * x1l
                 cfm = cfm + losses.flow_matching(net.velocity(xl, t_k + tl_ * (t_kp1 - t_k)), x0l, x1l, dt)
             out["cfm"] = cfm
+        return out, coll["g"], r
 
-        total = (
-            out["density"]
-            + cfg.mass_weight * out.get("mass", 0.0)
-            + cfg.neuralode_weight * out["ode"]
-            + r_eff * out["residual"]
-        )
-        total = total + cfg.d_penalty * out["d_penalty"]
-        if "growth" in out:
-            total = total + cfg.growth_weight * out["growth"]
-        if "d_var" in out:
-            total = total + cfg.d_var_weight * out["d_var"]
-        if "deltax" in out:
-            total = total + cfg.deltax_weight * out["deltax"]
-        if "cfm" in out:
-            total = total + cfg.cfm_weight * out["cfm"]
-        if cfg.residual_mode == "rcg" and self.rcg_steps >= cfg.rcg_warmup_steps:
-            total = total + cfg.rcg_u_net_raw_weight * raw
-        out["loss"] = total
-        return out
-
-    def _rcg(self, b, coll, r, raw, train):
+    def _rcg(self, b, g, r, raw, train):
         """Residual-centred growth: implied growth, re-centred by a per-interval EMA on the population anchor."""
         cfg = self.cfg
         if self.rcg_steps < cfg.rcg_warmup_steps:
             return raw, cfg.residual_weight * min(1.0, (self.rcg_steps + 1) / max(cfg.rcg_warmup_steps, 1))
         k = int(b["k"])
         with torch.no_grad():
-            implied = torch.nan_to_num(coll["g"] + r, nan=0.0, posinf=0.0, neginf=0.0)
+            implied = torch.nan_to_num(g + r, nan=0.0, posinf=0.0, neginf=0.0)
             if cfg.rcg_clip_pct > 0:
                 q = torch.tensor([cfg.rcg_clip_pct, 1 - cfg.rcg_clip_pct], dtype=implied.dtype, device=implied.device)
                 lo, hi = torch.quantile(implied, q)
@@ -470,7 +511,7 @@ class PseudodynamicsModule(lp.LightningModule):
             dt = float((b["t_kp1"] - b["t_k"]).clamp(1e-6))
             e_true = b["log_relmass"] / dt
             target = implied - ema + e_true
-        return ((coll["g"] - target) ** 2).mean(), cfg.residual_weight
+        return ((g - target) ** 2).mean(), cfg.residual_weight
 
     # ------------------------------------------------------------- lightning
     def on_train_epoch_start(self):
@@ -648,6 +689,8 @@ def fit(
             warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # torch's own compiler calls a helper it deprecated (torch 2.13); nothing the user can act on
+            warnings.filterwarnings("ignore", message=".*_prims_common.check.*", category=FutureWarning)
             trainer.fit(module, loader(train_ds), loader(val_ds))
     if best.state is not None:
         net.load_state_dict(best.state)

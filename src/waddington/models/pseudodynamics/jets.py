@@ -1,0 +1,115 @@
+"""Forward-mode derivative jets of the pseudodynamics MLPs: values, directional first and second derivatives.
+
+The PDE residual needs ``∂ℓ/∂t``, ``∇ℓ`` and ``Δℓ`` of the surrogate and ``∇·v`` and ``∇D`` of the fields at
+every collocation point. Nested ``torch.autograd.grad(create_graph=True)`` calls give them, but they cannot be
+traced by ``torch.compile`` (AOTAutograd has no double backward), and each one builds a second graph that the
+parameter backward then walks again. Here the derivatives are propagated forward through the layers together
+with the values (Taylor mode, as in the "forward Laplacian" of Li et al. 2023):
+
+* a linear layer ``h = x Wᵀ + b`` maps a tangent ``ẋ`` to ``ẋ Wᵀ`` and a second derivative ``ẍ`` to ``ẍ Wᵀ``;
+* an activation ``a = f(h)`` maps them to ``f'(h) ḣ`` and ``f''(h) ḣ² + f'(h) ḧ``.
+
+The result is an ordinary forward graph (three batched products per layer), so one backward pass gives the
+parameter gradients and ``torch.compile`` can fuse the whole training step. It is exact: the values equal those
+of nested autograd to rounding (``tests/test_pd_jets.py`` checks 1e-12 in float64 for every activation).
+
+Written by hand because torch's own forward-mode tools (``torch.func.jvp``/``jacfwd`` under ``vmap``) are slower
+per call at these sizes and do not compose with ``torch.compile`` on this torch version for modules with buffers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _tanh(h):
+    a = torch.tanh(h)
+    d1 = 1 - a * a
+    return a, d1, lambda: -2 * a * d1
+
+
+def _softplus(h):
+    sig = torch.sigmoid(h)
+    return nn.functional.softplus(h), sig, lambda: sig * (1 - sig)
+
+
+def _silu(h):
+    sig = torch.sigmoid(h)
+    d1 = sig * (1 + h * (1 - sig))
+    return h * sig, d1, lambda: sig * (1 - sig) * (2 + h * (1 - 2 * sig))
+
+
+def _elu(h):
+    # alpha = 1: f = h (h > 0), exp(h) - 1 (h ≤ 0); f' = 1 or exp(h); f'' = 0 or exp(h)
+    a = nn.functional.elu(h)
+    pos = h > 0
+    d1 = torch.where(pos, torch.ones_like(h), a + 1)
+    return a, d1, lambda: torch.where(pos, torch.zeros_like(h), a + 1)
+
+
+def _mish(h):
+    sig = torch.sigmoid(h)
+    th = torch.tanh(nn.functional.softplus(h))
+    sech2 = 1 - th * th
+    d1 = th + h * sech2 * sig
+    return h * th, d1, lambda: sech2 * sig * (2 + h * (1 - sig - 2 * th * sig))
+
+
+_DERIVATIVES = {nn.Tanh: _tanh, nn.Softplus: _softplus, nn.SiLU: _silu, nn.ELU: _elu, nn.Mish: _mish}
+
+
+def supported(seq: nn.Sequential) -> bool:
+    """Whether every layer of ``seq`` has a jet rule (linear layers and the activations of :func:`mlp`)."""
+    for layer in seq:
+        if isinstance(layer, nn.Linear):
+            continue
+        if type(layer) not in _DERIVATIVES:
+            return False
+        if isinstance(layer, nn.Softplus) and (layer.beta != 1 or layer.threshold != 20):
+            return False
+        if isinstance(layer, nn.ELU) and layer.alpha != 1.0:
+            return False
+    return True
+
+
+def mlp_jet(
+    seq: nn.Sequential, x: torch.Tensor, first: torch.Tensor, n_second: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Propagate values and derivatives through ``Linear``/activation layers.
+
+    Parameters
+    ----------
+    seq
+        The network (:func:`~waddington.models.pseudodynamics.networks.mlp`).
+    x
+        Inputs (B×n).
+    first
+        First derivatives of the inputs along ``k`` directions (k×B×n, broadcastable in B).
+    n_second
+        Also propagate second derivatives along the first ``m = n_second`` of those directions. The inputs must
+        be affine in the variables (their own second derivatives are zero), as the standardised states are.
+
+    Returns
+    -------
+    ``(y, dy, d2y)``: the outputs (B×o), their first derivatives (k×B×o) and second derivatives along the first
+    ``m`` directions (m×B×o; ``None`` when ``n_second`` is 0).
+    """
+    m = int(n_second)
+    y, dy, d2y = x, first, None
+    for layer in seq:
+        if isinstance(layer, nn.Linear):
+            w = layer.weight.t()
+            y = torch.addmm(layer.bias, y, w) if layer.bias is not None else y @ w
+            dy = dy @ w
+            if d2y is not None:
+                d2y = d2y @ w
+            continue
+        y, d1, d2 = _DERIVATIVES[type(layer)](y)
+        if m:
+            curvature = d2() * dy[:m] ** 2
+            d2y = curvature if d2y is None else d1 * d2y + curvature
+        dy = d1 * dy
+    if m and d2y is None:  # no activation at all: an affine network has no curvature
+        d2y = torch.zeros_like(dy[:m].expand(m, *y.shape))
+    return y, dy, d2y
