@@ -274,4 +274,4 @@ def test_velocity_cosine_averages_over_cells_that_moved_only():
     assert torch.isclose(velocity_cosine(deltax, v), torch.tensor(-(1 + 2**-0.5) / 2))
     still = velocity_cosine(torch.zeros(3, 2), v)
     (grad,) = torch.autograd.grad(still, v)
-    assert float(still) == 0.0 and torch.equal(grad, torch.zeros_like(v))
+    assert float(still.detach()) == 0.0 and torch.equal(grad, torch.zeros_like(v))
