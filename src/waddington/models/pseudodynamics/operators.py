@@ -120,7 +120,8 @@ def pde_terms(
     method, n_probes, generator
         How divergences and Laplacians are computed (see :func:`divergence`).
     create_graph
-        Keep the graph for a backward pass through the terms.
+        Keep the graph for a backward pass through the terms (nested autograd only; the jets' graph is an
+        ordinary forward graph, kept whenever gradients are enabled).
     engine
         ``"jet"`` (forward-mode jets, exact traces only), ``"autograd"`` (nested backward passes) or ``"auto"``
         (jets whenever the traces are exact and every activation has a jet rule).
