@@ -275,3 +275,44 @@ def test_velocity_cosine_averages_over_cells_that_moved_only():
     still = velocity_cosine(torch.zeros(3, 2), v)
     (grad,) = torch.autograd.grad(still, v)
     assert float(still.detach()) == 0.0 and torch.equal(grad, torch.zeros_like(v))
+
+
+def test_jet_terms_cast_float32_inputs_like_the_network_and_accept_one_time():
+    net = PseudodynamicsNet(2, hidden=(8,)).double()
+    s, t = torch.randn(6, 2), torch.rand(6)
+    jet = pde_terms(net, s, t)  # float32 states into a float64 network: promoted as in the forward pass
+    ref = pde_terms(net, s, t, engine="autograd")
+    assert jet["residual"].dtype == torch.float64
+    assert torch.allclose(jet["residual"], ref["residual"], atol=1e-12)
+    one = pde_terms(net, s.double(), torch.tensor([0.3], dtype=torch.float64))
+    per_cell = pde_terms(net, s.double(), torch.full((6,), 0.3, dtype=torch.float64), engine="autograd")
+    for key in ("dlogu_dt", "residual"):
+        assert one[key].shape == (6,) and torch.allclose(one[key], per_cell[key], atol=1e-12), key
+
+
+def test_jets_leave_the_inputs_out_of_the_graph_and_respect_subclass_overrides():
+    net = PseudodynamicsNet(1, hidden=(8,))
+    s = torch.randn(5, 1, requires_grad=True)
+    terms = pde_terms(net, s, torch.rand(5))
+    (grad,) = torch.autograd.grad(terms["residual"].sum(), s, allow_unused=True)
+    assert grad is None
+
+    class Faster(PseudodynamicsNet):
+        def velocity(self, s, t):
+            return 2.0 * super().velocity(s, t)
+
+    fast = Faster(1, hidden=(8,))
+    fast.load_state_dict(net.state_dict())
+    x, t = torch.randn(5, 1), torch.rand(5)
+    assert torch.allclose(pde_terms(fast, x, t)["v"], 2 * net.velocity(x, t))
+
+
+def test_softplus_jet_is_linear_above_torch_threshold():
+    net = PseudodynamicsNet(1, hidden=(4,), activation="softplus").double()
+    with torch.no_grad():
+        net.u[0].weight.fill_(30.0)  # pre-activations far above softplus' threshold of 20
+        net.D[-1].bias.fill_(40.0)
+    s, t = torch.rand(8, 1, dtype=torch.float64) + 1, torch.rand(8, dtype=torch.float64)
+    jet, ref = pde_terms(net, s, t, engine="jet"), pde_terms(net, s, t, engine="autograd")
+    for key in ref:
+        assert torch.allclose(jet[key], ref[key], rtol=1e-12, atol=1e-12), key

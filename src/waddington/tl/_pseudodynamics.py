@@ -374,12 +374,14 @@ def pseudodynamics(
         validation loss.
     compile
         Compile each training step's loss and its backward with :func:`torch.compile` (needs a C++ compiler on
-        CPU; without one a warning is logged and training runs uncompiled). Compiling takes 25–30 s the first
+        CPU, ``$CXX`` or ``g++``; without one, or if compiling fails, a warning is logged and training runs
+        uncompiled). Compiling takes 25–30 s the first
         time; later calls in the same process with the same network and options reuse the compiled step, and
         torch's on-disk inductor cache shortens it in a new process. A step of 200 cells then costs 8.4–9.6 ms
         against 14.0 ms uncompiled in 1-D, and 10.5–11.0 against 16.0–18.0 ms in 2-D, one thread
         (``benchmarks/results/pseudodynamics.txt``). A single cold-cache fit on the simulators' defaults (~3,000
-        steps) is therefore slower (70 s against 49 s), hence off by default. Needs exact
+        steps) is therefore slower (70 s against 49 s), hence off by default. Each distinct set of options is
+        compiled separately, up to torch's limit of 8 per process (then uncompiled). Needs exact
         divergences (up to 5 dimensions with ``divergence="auto"``); the results equal the uncompiled ones to
         float32 rounding, not bit for bit, and are reproducible for a seed.
     accelerator, devices, strategy

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import jets
+from .networks import PseudodynamicsNet
 
 
 def gradient(f: torch.Tensor, x: torch.Tensor, *, create_graph: bool = True) -> torch.Tensor:
@@ -132,6 +133,9 @@ def pde_terms(
     (∇·(u v)/u), ``diffusion`` (∇·(D∇u)/u), ``rhs`` (g − drift + diffusion, the PDE right-hand side over u) and
     ``residual`` (∂ℓ/∂t − rhs). Multiply by ``exp(log_u)`` for the terms of the PDE in ``u`` itself.
     """
+    t = t.reshape(-1)
+    if t.numel() == 1:  # one time for every state
+        t = t.expand(s.shape[0]).clone()
     exact = _resolve(method, s.shape[1]) == "exact"
     can_jet = exact and _jet_ready(net)
     if engine not in ("auto", "jet", "autograd"):
@@ -139,7 +143,7 @@ def pde_terms(
     if engine == "jet" and not can_jet:
         raise ValueError("engine='jet' needs exact traces (method='exact') and activations with a jet rule.")
     if engine != "autograd" and can_jet:
-        return _finish(*_jet_fields(net, s, t.reshape(-1)))
+        return _finish(*_jet_fields(net, s.detach(), t.detach()))
     s = s.detach().requires_grad_(True)
     t = t.detach().reshape(-1).requires_grad_(True)
     log_u = net.log_density(s, t)
@@ -174,9 +178,16 @@ def _finish(log_u, dl_dt, dl_ds, lap_l, g, v, div_v, D, dD) -> dict[str, torch.T
 
 
 def _jet_ready(net) -> bool:
-    """Whether ``net`` is a :class:`PseudodynamicsNet`-like module whose four MLPs all have jet rules."""
-    nets = [getattr(net, name, None) for name in ("u", "g", "v", "D")]
-    return hasattr(net, "_inputs") and all(isinstance(m, nn.Sequential) and jets.supported(m) for m in nets)
+    """Whether ``net`` is a :class:`PseudodynamicsNet` whose fields are its four MLPs, each with jet rules.
+
+    A subclass that overrides how a field is computed is not: the jets would bypass its override.
+    """
+    if not isinstance(net, PseudodynamicsNet):
+        return False
+    methods = ("_inputs", "log_density", "growth", "velocity", "diffusion")
+    if any(getattr(type(net), m) is not getattr(PseudodynamicsNet, m) for m in methods):
+        return False
+    return all(jets.supported(getattr(net, name)) for name in ("u", "g", "v", "D"))
 
 
 def _jet_fields(net, s: torch.Tensor, t: torch.Tensor):
@@ -189,8 +200,8 @@ def _jet_fields(net, s: torch.Tensor, t: torch.Tensor):
     """
     d = s.shape[1]
     x = net._inputs(s, t, True)
-    inv = torch.cat([1.0 / net.state_scale, (1.0 / net.time_scale).reshape(1)]).to(s.dtype)
-    tangents = (torch.eye(d + 1, dtype=s.dtype, device=s.device) * inv[:, None])[:, None, :]  # (d+1)×1×(d+1)
+    inv = torch.cat([1.0 / net.state_scale, (1.0 / net.time_scale).reshape(1)]).to(x.dtype)
+    tangents = (torch.eye(d + 1, dtype=x.dtype, device=x.device) * inv[:, None])[:, None, :]  # (d+1)×1×(d+1)
     lu, dlu, d2lu = jets.mlp_jet(net.u, x, tangents, n_second=d)
     log_u = lu[:, 0]
     dl_ds = dlu[:d, :, 0].t()
@@ -209,7 +220,7 @@ def _jet_fields(net, s: torch.Tensor, t: torch.Tensor):
     hD, dhD, _ = jets.mlp_jet(net.D, xf, state_tangents)
     hD, dhD = hD[:, 0], dhD[:, :, 0]
     if net.diffusion_positive:
-        D, slope = nn.functional.softplus(hD), torch.sigmoid(hD)
+        D, slope = nn.functional.softplus(hD), jets.softplus_slope(hD)
     else:
         D, slope = hD, torch.ones_like(hD)
     D = D * net.diffusion_scale

@@ -3,8 +3,9 @@
 One training step draws a pair of consecutive time points ``(t_k, t_{k+1})`` (uniformly, as the reference), half a
 batch of cells from each, an optimal-transport pairing between the two halves, and evaluates every loss term of
 :mod:`~waddington.models.pseudodynamics.losses` on them. The PDE is evaluated at three kinds of points in one
-batched pass (forward-mode derivative jets, :mod:`.jets`): the batch cells at the quadrature nodes of ``[t_k, t_{k+1}]`` (neural-ODE consistency), the
-batch cells at their own observation time, and points on the OT displacement interpolation
+batched pass (forward-mode derivative jets, :mod:`.jets`; nested autograd with Hutchinson traces): the batch
+cells at the quadrature nodes of ``[t_k, t_{k+1}]`` (neural-ODE consistency), the batch cells at their own
+observation time, and points on the OT displacement interpolation
 ``x_τ = (1-τ) x0 + τ x1`` at ``t_k + τ Δt`` (residual collocation where the population actually is between the two
 time points; the reference only used the observed times, and its own review notes asked for intermediate ones).
 """
@@ -17,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -274,10 +276,14 @@ class PairBatches(torch.utils.data.IterableDataset):
         return out
 
 
+def _compiler_name() -> str:
+    """The C++ compiler torch.compile's CPU backend uses: ``$CXX``, else ``clang++`` on macOS and ``g++`` elsewhere."""
+    return os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+
+
 def _has_compiler() -> bool:
-    """Whether a C++ compiler is on ``PATH`` (torch.compile's CPU backend builds its kernels with one)."""
-    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-    return any(name and shutil.which(name) for name in names)
+    """Whether that compiler exists (a quick check; a compile that still fails is caught at the first step)."""
+    return sys.platform == "win32" or shutil.which(_compiler_name()) is not None
 
 
 def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -307,7 +313,8 @@ class PseudodynamicsModule(lp.LightningModule):
         # the PDE terms come from forward-mode jets whenever the traces are exact (the same values as nested
         # autograd, and a graph torch.compile can trace); compiling fuses the whole loss and its backward
         self.engine = "auto"
-        self._loss_terms = self._terms
+        self._compiled_terms = None  # built on first use: a compiled function does not pickle (ddp_spawn)
+        self._compile_failed = False
         if cfg.compile:
             if not _jet_ready(net) or (cfg.divergence == "hutchinson" or (cfg.divergence == "auto" and net.n_dims > 5)):
                 raise ValueError(
@@ -316,13 +323,38 @@ class PseudodynamicsModule(lp.LightningModule):
                     f"{sorted(_ACTIVATIONS)}."
                 )
             self.engine = "jet"
-            if _has_compiler():
-                self._loss_terms = torch.compile(self._terms, dynamic=False)
-            else:
+            if not _has_compiler():
+                self._compile_failed = True
                 logger.warning(
-                    "compile=True needs a C++ compiler for torch.compile (none found on PATH; set CXX); "
-                    "training runs uncompiled"
+                    "compile=True needs a C++ compiler for torch.compile on CPU (looked for %s; set CXX); "
+                    "training runs uncompiled",
+                    _compiler_name(),
                 )
+
+    def __getstate__(self):
+        """Pickle without the compiled loss (rebuilt on first use), so that spawned processes can copy the module."""
+        state = dict(super().__getstate__())
+        state["_compiled_terms"] = None
+        return state
+
+    def _loss_terms(self, b: dict):
+        """:meth:`_terms`, compiled when ``cfg.compile``; if compiling fails, logged once and run uncompiled."""
+        if not self.cfg.compile or self._compile_failed:
+            return self._terms(b)
+        if self._compiled_terms is None:
+            self._compiled_terms = torch.compile(self._terms, dynamic=False)
+        try:
+            return self._compiled_terms(b)
+        except Exception as err:  # noqa: BLE001 - inductor fails with several types; a real error recurs below
+            message = str(err).strip().splitlines()
+            logger.warning(
+                "torch.compile failed (%s: %s); training continues uncompiled",
+                type(err).__name__,
+                message[0] if message else "",
+            )
+            self._compile_failed = True
+            self._compiled_terms = None
+            return self._terms(b)
 
     def configure_optimizers(self):
         """The Adam optimiser shared with the surrogate pre-training, with a per-epoch cosine decay to lr/20."""
