@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from waddington.models._activations import activation_and_slope, curvature
+
 __all__ = [
     "LogCosh",
     "PotentialGradient",
@@ -181,7 +183,7 @@ class PotentialGradient(torch.autograd.Function):
         inputs, pre, slopes = [z], [], []
         for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
             a = torch.addmm(b, inputs[-1], w.t())
-            value, slope = _act_and_derivative(act, a, value=i < len(weights) - 1)
+            value, slope = activation_and_slope(act, a, value=i < len(weights) - 1)
             pre.append(a)
             slopes.append(slope)
             if value is not None:
@@ -226,7 +228,7 @@ class PotentialGradient(torch.autograd.Function):
         # backward through the forward pass: pre-activations → inputs
         grad_input = None
         for i in range(n_layers - 1, -1, -1):
-            grad_pre = grad_slope[i] * _act_second_derivative(act, pre[i], slopes[i])
+            grad_pre = grad_slope[i] * curvature(act, pre[i], slopes[i])
             if grad_input is not None:
                 grad_pre = grad_pre + grad_input * slopes[i]
             grad_w[i] = grad_w[i] + grad_pre.t() @ inputs[i]
@@ -237,38 +239,6 @@ class PotentialGradient(torch.autograd.Function):
         for gw, gb in zip(grad_w, grad_b, strict=True):
             grads += [gw, gb]
         return tuple(grads)
-
-
-def _act_and_derivative(name: str, a: torch.Tensor, *, value: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """φ(a) (``None`` unless ``value``) and φ'(a)."""
-    if name == "logcosh":
-        if not value:
-            return None, torch.tanh(a)
-        absa = a.abs()
-        return absa + F.softplus(-2.0 * absa) - 0.6931471805599453, torch.tanh(a)
-    if name in ("softplus", "sp"):
-        return (F.softplus(a) if value else None), torch.sigmoid(a)
-    if name == "tanh":
-        t = torch.tanh(a)
-        return (t if value else None), 1.0 - t * t
-    if name == "relu":
-        return (torch.relu(a) if value else None), (a > 0).to(a.dtype)
-    if name in ("identity", "id"):
-        return (a if value else None), torch.ones_like(a)
-    raise ValueError(f"unknown activation {name!r}")
-
-
-def _act_second_derivative(name: str, a: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
-    """φ''(a), given ``slope`` = φ'(a)."""
-    if name == "logcosh":
-        return 1.0 - slope * slope
-    if name in ("softplus", "sp"):
-        return slope * (1.0 - slope)
-    if name == "tanh":
-        return -2.0 * torch.tanh(a) * slope
-    if name in ("relu", "identity", "id"):
-        return torch.zeros_like(a)
-    raise ValueError(f"unknown activation {name!r}")
 
 
 class PriorRNN(nn.Module):

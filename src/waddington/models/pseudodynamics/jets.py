@@ -7,7 +7,8 @@ parameter backward then walks again. Here the derivatives are propagated forward
 with the values (Taylor mode, as in the "forward Laplacian" of Li et al. 2023):
 
 * a linear layer ``h = x Wᵀ + b`` maps a tangent ``ẋ`` to ``ẋ Wᵀ`` and a second derivative ``ẍ`` to ``ẍ Wᵀ``;
-* an activation ``a = f(h)`` maps them to ``f'(h) ḣ`` and ``f''(h) ḣ² + f'(h) ḧ``.
+* an activation ``a = f(h)`` maps them to ``f'(h) ḣ`` and ``f''(h) ḣ² + f'(h) ḧ`` (the derivative rules of
+  :mod:`waddington.models._activations`, shared with LSD's potential gradient).
 
 The result is an ordinary forward graph (three batched products per layer), so one backward pass gives the
 parameter gradients and ``torch.compile`` can fuse the whole training step. It is exact: the values equal those
@@ -23,49 +24,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from waddington.models._activations import activation_and_slope, curvature
 
-def _tanh(h):
-    a = torch.tanh(h)
-    d1 = 1 - a * a
-    return a, d1, lambda: -2 * a * d1
-
-
-def _softplus(h):
-    # torch's softplus is the identity above its threshold (20): slope 1, no curvature there
-    linear = h > 20
-    sig = torch.sigmoid(h)
-    d1 = torch.where(linear, torch.ones_like(h), sig)
-    return nn.functional.softplus(h), d1, lambda: torch.where(linear, torch.zeros_like(h), sig * (1 - sig))
+_NAMES = {nn.Tanh: "tanh", nn.Softplus: "softplus", nn.SiLU: "silu", nn.ELU: "elu", nn.Mish: "mish"}
 
 
 def softplus_slope(h: torch.Tensor) -> torch.Tensor:
     """Derivative of ``torch.nn.functional.softplus`` (default ``beta``/``threshold``) at ``h``."""
-    return _softplus(h)[1]
-
-
-def _silu(h):
-    sig = torch.sigmoid(h)
-    d1 = sig * (1 + h * (1 - sig))
-    return h * sig, d1, lambda: sig * (1 - sig) * (2 + h * (1 - 2 * sig))
-
-
-def _elu(h):
-    # alpha = 1: f = h (h > 0), exp(h) - 1 (h ≤ 0); f' = 1 or exp(h); f'' = 0 or exp(h)
-    a = nn.functional.elu(h)
-    pos = h > 0
-    d1 = torch.where(pos, torch.ones_like(h), a + 1)
-    return a, d1, lambda: torch.where(pos, torch.zeros_like(h), a + 1)
-
-
-def _mish(h):
-    sig = torch.sigmoid(h)
-    th = torch.tanh(nn.functional.softplus(h))
-    sech2 = 1 - th * th
-    d1 = th + h * sech2 * sig
-    return h * th, d1, lambda: sech2 * sig * (2 + h * (1 - sig - 2 * th * sig))
-
-
-_DERIVATIVES = {nn.Tanh: _tanh, nn.Softplus: _softplus, nn.SiLU: _silu, nn.ELU: _elu, nn.Mish: _mish}
+    return activation_and_slope("softplus", h, value=False)[1]
 
 
 def supported(seq: nn.Sequential) -> bool:
@@ -73,7 +39,7 @@ def supported(seq: nn.Sequential) -> bool:
     for layer in seq:
         if isinstance(layer, nn.Linear):
             continue
-        if type(layer) not in _DERIVATIVES:
+        if type(layer) not in _NAMES:
             return False
         if isinstance(layer, nn.Softplus) and (layer.beta != 1 or layer.threshold != 20):
             return False
@@ -114,10 +80,12 @@ def mlp_jet(
             if d2y is not None:
                 d2y = d2y @ w
             continue
-        y, d1, d2 = _DERIVATIVES[type(layer)](y)
+        name = _NAMES[type(layer)]
+        h = y
+        y, d1 = activation_and_slope(name, h)
         if m:
-            curvature = d2() * dy[:m] ** 2
-            d2y = curvature if d2y is None else d1 * d2y + curvature
+            bend = curvature(name, h, d1, y) * dy[:m] ** 2
+            d2y = bend if d2y is None else d1 * d2y + bend
         dy = d1 * dy
     if dy.shape[1] != y.shape[0]:  # no activation: the tangents never met the batch dimension
         dy = dy.expand(dy.shape[0], y.shape[0], dy.shape[-1])
