@@ -29,11 +29,6 @@ from waddington.models._activations import activation_and_slope, curvature
 _NAMES = {nn.Tanh: "tanh", nn.Softplus: "softplus", nn.SiLU: "silu", nn.ELU: "elu", nn.Mish: "mish"}
 
 
-def softplus_slope(h: torch.Tensor) -> torch.Tensor:
-    """Derivative of ``torch.nn.functional.softplus`` (default ``beta``/``threshold``) at ``h``."""
-    return activation_and_slope("softplus", h, value=False)[1]
-
-
 def supported(seq: nn.Sequential) -> bool:
     """Whether every layer of ``seq`` has a jet rule (linear layers and the activations of :func:`mlp`)."""
     for layer in seq:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from waddington.models._activations import activation_and_slope
+
 _ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU, "mish": nn.Mish, "elu": nn.ELU}
 
 
@@ -149,13 +151,27 @@ class PseudodynamicsNet(nn.Module):
 
     def diffusion(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Isotropic diffusion ``D(s, t)`` in state units² per time unit, shape ``(B,)``."""
-        out = self.D(self._inputs(s, t, self.time_dependent)).squeeze(-1)
+        return self.diffusion_head(self.D(self._inputs(s, t, self.time_dependent)).squeeze(-1))[0]
+
+    def diffusion_head(self, raw: torch.Tensor, *, slope: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``D`` from the diffusion network's raw output and, with ``slope``, ``dD/d raw`` (``None`` otherwise).
+
+        The one place that applies the positivity, the unit scale and the clip, for the field and for the
+        forward-mode jets of the PDE terms.
+        """
         if self.diffusion_positive:
-            out = nn.functional.softplus(out)
+            out, d1 = activation_and_slope("softplus", raw) if slope else (nn.functional.softplus(raw), None)
+        else:
+            out, d1 = raw, (torch.ones_like(raw) if slope else None)
         out = out * self.diffusion_scale
+        if d1 is not None:
+            d1 = d1 * self.diffusion_scale
         if self.diffusion_clip is not None:
-            out = out.clamp(*self.diffusion_clip)
-        return out
+            lo, hi = self.diffusion_clip
+            if d1 is not None:  # zero slope outside the clip, as torch's clamp backward
+                d1 = d1 * ((out >= lo) & (out <= hi)).to(out.dtype)
+            out = out.clamp(lo, hi)
+        return out, d1
 
     def architecture(self) -> dict:
         """The constructor arguments that rebuild this network (h5ad-writable; buffers travel in the weights)."""

@@ -20,7 +20,6 @@ step that ``torch.compile`` can trace.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from . import jets
 from .networks import PseudodynamicsNet
@@ -210,24 +209,11 @@ def _jet_fields(net, s: torch.Tensor, t: torch.Tensor):
 
     xf = x if net.time_dependent else x[:, :d]
     state_tangents = tangents[:d, :, : xf.shape[1]]
-    if net.zero_growth:
-        g = s.sum(-1) * 0.0
-    else:
-        g = net.g(xf)[:, 0] * net.growth_scale
+    g = net.growth(s, t)  # no derivative needed
     vr, dv, _ = jets.mlp_jet(net.v, xf, state_tangents)
     v = vr * net.velocity_scale
     div_v = (torch.diagonal(dv, dim1=0, dim2=2) * net.velocity_scale).sum(-1)
     hD, dhD, _ = jets.mlp_jet(net.D, xf, state_tangents)
-    hD, dhD = hD[:, 0], dhD[:, :, 0]
-    if net.diffusion_positive:
-        D, slope = nn.functional.softplus(hD), jets.softplus_slope(hD)
-    else:
-        D, slope = hD, torch.ones_like(hD)
-    D = D * net.diffusion_scale
-    slope = slope * net.diffusion_scale
-    if net.diffusion_clip is not None:
-        lo, hi = net.diffusion_clip
-        slope = slope * ((D >= lo) & (D <= hi)).to(D.dtype)
-        D = D.clamp(lo, hi)
-    dD = (slope[None] * dhD).t()
+    D, slope = net.diffusion_head(hD[:, 0], slope=True)
+    dD = (slope[None] * dhD[:, :, 0]).t()
     return log_u, dl_dt, dl_ds, lap_l, g, v, div_v, D, dD

@@ -34,7 +34,7 @@ from waddington.models._optim import adam
 
 from . import losses
 from .networks import _ACTIVATIONS, PseudodynamicsNet
-from .operators import _jet_ready, pde_terms
+from .operators import _jet_ready, _resolve, pde_terms
 from .pairing import sample_pairs
 
 logger = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ class PseudodynamicsModule(lp.LightningModule):
         self._compiled_terms = None  # built on first use: a compiled function does not pickle (ddp_spawn)
         self._compile_failed = False
         if cfg.compile:
-            if not _jet_ready(net) or (cfg.divergence == "hutchinson" or (cfg.divergence == "auto" and net.n_dims > 5)):
+            if not _jet_ready(net) or _resolve(cfg.divergence, net.n_dims) != "exact":
                 raise ValueError(
                     "`compile=True` needs exact divergences (set divergence='exact'; 'auto' uses Hutchinson "
                     f"probes above 5 dimensions, here {net.n_dims}) and one of the activations "
