@@ -1,10 +1,11 @@
 """Benchmark waddington's LSD against the reference implementation sclsd 0.3.0, side by side in one run.
 
-Both methods get the same data (``wd.datasets.toggle_switch`` at its default size, and a larger simulated toggle
-switch), the same prior (Boltzmann β = 50 on ``dpt_pseudotime``), the same number of walks, walk length, batch size
+Both methods get the same data (``wd.datasets.toggle_switch`` at its default size, a larger simulated toggle
+switch with 10,000 cells and a wider one with 2,000 genes), the same prior (Boltzmann β = 50 on ``dpt_pseudotime``), the same number of walks, walk length, batch size
 and epochs, and the same torch thread count. Each method runs in its own subprocess (clean peak RSS); data and
 outputs are exchanged through h5ad/npz files. Reported per dataset: prior construction and walk sampling time,
-seconds per epoch, total training time, time to compute the outputs, peak RSS, and the quality scores against the
+seconds per epoch, total training time, time to compute the outputs, peak RSS (both read right after the outputs,
+before any downstream step), and the quality scores against the
 simulation's ground truth (Spearman of potential/pseudotime/entropy with true time, and the fraction of cells whose
 expected true-time change along one step of the learned transitions is positive). waddington is trained a second
 time after sclsd (``--no-sandwich`` skips it): its seconds per epoch are the mean of the two runs, which cancels a
@@ -26,7 +27,7 @@ resolves a different, much larger torch build)::
 
 Run (from the repository root, in the project's environment)::
 
-    python benchmarks/lsd_vs_sclsd.py --threads 2 --epochs 30 --record benchmarks/results/lsd_vs_sclsd.txt
+    python benchmarks/lsd_vs_sclsd.py --threads 2 --epochs 30 --record benchmarks/results/lsd_vs_sclsd.md
 
 ``--sclsd-python`` (or the environment variable ``SCLSD_PYTHON``) points at the venv's interpreter;
 ``--skip-sclsd`` runs only this package. The walk-sampling comparison also times a re-creation of the reference's
@@ -106,6 +107,9 @@ def _waddington_worker(args: argparse.Namespace) -> None:
         random_state=args.seed,
     )
     timing = adata.uns["lsd"]["timing"]
+    # peak memory of prior, walks, training and outputs: read here, before the downstream steps, at the point where
+    # the sclsd runner reads its own
+    timings["peak_rss_mib"] = peak_rss_mib()
     extra = {}
     if args.terminal:
         terminal = args.terminal.split(",")
@@ -131,7 +135,6 @@ def _waddington_worker(args: argparse.Namespace) -> None:
     timings["epoch_s"] = float(timing["s_per_epoch"])
     timings["outputs_s"] = float(timing["outputs_s"])
     timings["total_s"] = time.perf_counter() - t_start
-    timings["peak_rss_mib"] = peak_rss_mib()
     timings["rss_before_training_mib"] = rss_before_training
     timings["rss_above_imports_mib"] = timings["peak_rss_mib"] - rss_imports
     trans = sp.csr_matrix(adata.obsp["lsd_transitions"])
@@ -318,6 +321,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--large-cells", type=int, default=10000, help="cells of the larger simulated graph")
     ap.add_argument("--large-epochs", type=int, default=2, help="epochs on the larger graph (timing only)")
+    ap.add_argument(
+        "--wide-genes", type=int, default=2000, help="genes of a wider 2,000-cell data set (large epochs; 0: skip)"
+    )
     ap.add_argument("--sclsd-python", default=DEFAULT_SCLSD_PYTHON)
     ap.add_argument("--skip-sclsd", action="store_true")
     ap.add_argument("--skip-large", action="store_true")
@@ -349,6 +355,10 @@ def main() -> None:
         datasets.append(
             (f"toggle_switch ({args.large_cells} cells x 500 genes)", {"n_cells": args.large_cells}, args.large_epochs)
         )
+    if args.wide_genes:
+        datasets.append(
+            (f"toggle_switch (2000 cells x {args.wide_genes} genes)", {"n_genes": args.wide_genes}, args.large_epochs)
+        )
     header = [
         "# LSD: waddington vs sclsd 0.3.0",
         "",
@@ -365,7 +375,7 @@ def main() -> None:
         prog = adata.obs["true_time"] <= adata.uns["truth"]["progenitor_time"]
         adata.obs["is_progenitor"] = prog.astype(str)
         terminal = _terminal_clusters(adata)
-        path = work / f"data_{adata.n_obs}.h5ad"
+        path = work / f"data_{adata.n_obs}x{adata.n_vars}.h5ad"
         adata.write_h5ad(path)
         common = ["--walks", str(args.walks), "--length", str(args.length), "--batch", str(args.batch)]
         common += ["--epochs", str(epochs), "--threads", str(args.threads), "--seed", str(args.seed)]
@@ -374,7 +384,7 @@ def main() -> None:
             noise = [str(g) for g in adata.uns["truth"]["noise_genes"][: args.noise_genes]]
             genes = ["Gata1", "Spi1", *noise]
             downstream = ["--terminal", ",".join(terminal.values())]
-        ours_npz = work / f"ours_{adata.n_obs}.npz"
+        ours_npz = work / f"ours_{adata.n_obs}x{adata.n_vars}.npz"
         _run(
             [
                 sys.executable, str(Path(__file__).resolve()), "--worker", str(path), str(ours_npz), *common,
@@ -389,7 +399,7 @@ def main() -> None:
             ours.update(_knockout_scores(adata, d, genes, terminal))
         ref = None
         if not args.skip_sclsd:
-            ref_npz = work / f"sclsd_{adata.n_obs}.npz"
+            ref_npz = work / f"sclsd_{adata.n_obs}x{adata.n_vars}.npz"
             cmd = [
                 args.sclsd_python,
                 str(HERE / "_sclsd_runner.py"),
@@ -408,7 +418,7 @@ def main() -> None:
             if not args.no_sandwich:
                 # train waddington again after sclsd (timing only) and average: the machine's speed drifts over
                 # the minutes a run takes, and a before/after pair cancels a linear drift
-                again_npz = work / f"ours_again_{adata.n_obs}.npz"
+                again_npz = work / f"ours_again_{adata.n_obs}x{adata.n_vars}.npz"
                 _run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path), str(again_npz), *common],
                      args.threads)  # fmt: skip
                 again = np.load(again_npz)

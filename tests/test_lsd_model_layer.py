@@ -9,8 +9,9 @@ import scipy.sparse as sp
 import torch
 from scipy.special import gammaln
 
-from waddington.models.lsd.likelihood import ZINBCounts, gamma_terms, log_factorial_sums
-from waddington.models.lsd.networks import GaussianMLP, PotentialNet
+from waddington.models.lsd import likelihood
+from waddington.models.lsd.likelihood import ZINBCounts, ZINBSoftmaxCounts, gamma_terms, log_factorial_sums
+from waddington.models.lsd.networks import GaussianMLP, PotentialNet, PriorRNN
 from waddington.models.lsd.training import WalkBatches
 
 
@@ -48,6 +49,67 @@ def test_zinb_accepts_precomputed_count_terms():
     )
     torch.testing.assert_close(given, plain)
     np.testing.assert_allclose(log_factorial_sums(x).numpy(), gammaln(x.numpy() + 1).sum(1), rtol=1e-10)
+
+
+def _softmax_zinb_inputs(seed: int = 0, n: int = 70, m: int = 25, g: int = 30):
+    gen = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    theta = (torch.rand(g, generator=gen, dtype=f64) * 50 + 0.5).requires_grad_()
+    lib = (torch.rand(n, 1, generator=gen, dtype=f64) * 100 + 5).requires_grad_()
+    logits = torch.randn(n, 2 * g, generator=gen, dtype=f64).requires_grad_()
+    rows = torch.randint(0, m, (n,), generator=gen)
+    x = torch.poisson(torch.rand(m, g, generator=gen, dtype=f64) * 10, generator=gen)
+    x[torch.rand(m, g, generator=gen) < 0.4] = 0
+    return theta, lib, logits, rows, x
+
+
+@pytest.mark.parametrize("chunk", [1 << 17, 64])
+def test_fused_softmax_zinb_equals_the_unfused_density_with_gradients(monkeypatch, chunk):
+    # 64 elements: two rows per slice, so the slicing itself is exercised
+    monkeypatch.setattr(likelihood, "_CHUNK_ELEMENTS", chunk)
+    theta, lib, logits, rows, x = _softmax_zinb_inputs()
+    g = theta.shape[0]
+    got = ZINBSoftmaxCounts(theta, lib, logits, rows=rows).log_prob(x)
+    want = ZINBCounts(theta, lib * torch.softmax(logits[:, g:], -1), logits[:, :g]).log_prob(x[rows])
+    assert got.shape == (logits.shape[0],)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-9)
+    weights = torch.randn(got.shape[0], dtype=got.dtype)  # unequal row weights reach θ's gradient correctly
+    g_got = torch.autograd.grad((got * weights).sum(), [theta, lib, logits])
+    g_want = torch.autograd.grad((want * weights).sum(), [theta, lib, logits])
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
+    # the same without ``rows`` (one observed row per parameter row), with precomputed count terms
+    xr = x[rows]
+    plain = ZINBSoftmaxCounts(
+        theta, lib, logits, log_factorial=log_factorial_sums(xr), gamma_term=gamma_terms(xr, theta)
+    ).log_prob(xr)
+    torch.testing.assert_close(plain, want, rtol=1e-10, atol=1e-9)
+
+
+def test_fused_softmax_zinb_passes_gradcheck_and_skips_unneeded_gradients():
+    theta, lib, logits, rows, x = _softmax_zinb_inputs(seed=1, n=12, m=5, g=7)
+    fused = likelihood._FusedZINBSoftmax.apply
+    assert torch.autograd.gradcheck(lambda a, b, c: fused(a, b, c, x, rows, 1e-3), (logits, lib, theta))
+    # an observed library (no gradient) and evaluation without autograd give the same values
+    with torch.no_grad():
+        values = fused(logits, lib, theta, x, rows, 1e-3)
+    torch.testing.assert_close(fused(logits, lib.detach(), theta, x, rows, 1e-3).detach(), values)
+    with pytest.raises(ValueError, match="2 \\* genes"):
+        ZINBSoftmaxCounts(theta, lib, logits[:, :-1])
+
+
+def test_prior_rnn_gathers_projected_cells_like_nn_rnn_on_every_walk_position():
+    torch.manual_seed(0)
+    net = PriorRNN(40, 2).double()
+    with torch.no_grad():
+        net.h0.normal_()
+    x = torch.rand(15, 40, dtype=torch.float64)
+    rows = torch.randint(0, 15, (6 * 4,))
+    h0 = net.h0.expand(-1, 6, -1).contiguous()
+    want, _ = net.rnn(x[rows].view(6, 4, 40), h0)
+    got = net(x, 6, 4, rows)
+    torch.testing.assert_close(got, want.reshape(-1, 2))
+    torch.testing.assert_close(net(x[rows], 6, 4), got)
 
 
 def test_zinb_samples_are_non_negative_counts_with_inflated_zeros():
@@ -130,6 +192,43 @@ def test_walk_batches_hold_each_cell_once_and_map_walk_positions_back():
         )
         seen += walks.shape[0]
     assert seen == 40
+
+
+def test_elbo_of_distinct_rows_equals_elbo_of_every_walk_position():
+    # the whole loss, with the fused likelihood, the gathered prior RNN and the weighted BatchNorm, is that of the
+    # batch written out position by position; so are the gradients
+    from pyro.infer import Trace_ELBO
+
+    from waddington.models.lsd.model import LSDModule
+
+    rng = np.random.default_rng(0)
+    n_cells, genes, n_walks, length = 40, 12, 6, 5
+    counts = rng.poisson(3.0, size=(n_cells, genes)).astype(np.float64)
+    walks = rng.integers(0, n_cells, size=(n_walks, length))
+    cells, rows = np.unique(walks.reshape(-1), return_inverse=True)
+    x_raw = torch.as_tensor(counts[cells])
+    x = torch.log1p(x_raw)
+    rows = torch.as_tensor(rows)
+    lf = torch.as_tensor(gammaln(counts[cells] + 1).sum(1))
+    torch.manual_seed(0)
+    dims = {"x_encoder": [16], "z_encoder": [8], "xl_encoder": [8], "B_decoder": [8], "z_decoder": [16]}
+    module = LSDModule(genes, z_dim=3, layer_dims=dims).double()
+    expanded = copy.deepcopy(module)
+    losses, grads = [], []
+    for m, args in (
+        (module, (x_raw, x, n_walks, length, None, 1.0, 1e-3, 0.01, rows, lf)),
+        (expanded, (x_raw[rows], x[rows], n_walks, length, None, 1.0, 1e-3, 0.01, None, lf[rows])),
+    ):
+        torch.manual_seed(1)
+        loss = Trace_ELBO().differentiable_loss(m.model, m.guide, *args)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, list(m.parameters()), allow_unused=True))
+    torch.testing.assert_close(losses[0], losses[1])
+    for a, b in zip(*grads, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b)
 
 
 def test_midpoint_flow_stays_close_to_accurate_rk4_and_methods_are_validated():

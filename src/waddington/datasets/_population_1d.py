@@ -8,9 +8,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
-from scipy.interpolate import CubicSpline
-from scipy.linalg import expm
-from scipy.stats import lognorm
 
 from waddington._utils import get_rng, logger
 from waddington._utils._random import RandomState
@@ -30,6 +27,8 @@ def _fields(
     for name, theta in (("theta_D", theta_d), ("theta_v", theta_v), ("growth", growth)):
         if len(theta) != len(_KNOTS):
             raise ValueError(f"`{name}` needs {len(_KNOTS)} spline nodes (knots at s = 0:0.125:1), got {len(theta)}.")
+    from scipy.interpolate import CubicSpline  # lazily, like every simulator-only import (see _initial_density)
+
     grid = np.linspace(0.0, 1.0, n_grid)
     centres = 0.5 * (grid[:-1] + grid[1:])
     faces = grid[1:-1]
@@ -85,6 +84,8 @@ def fv_operator(d_faces: np.ndarray, v_faces: np.ndarray, g_centres: np.ndarray,
 
 def _initial_density(grid: np.ndarray, total: float, mu: float, sigma: float) -> np.ndarray:
     """``total * LogNormalPDF(s; mu, sigma)`` averaged exactly over each volume."""
+    from scipy.stats import lognorm  # lazily: `import waddington` should not pay ~50 MiB for the simulators
+
     cdf = lognorm.cdf(grid, s=sigma, scale=np.exp(mu))
     return total * np.diff(cdf) / np.diff(grid)
 
@@ -265,6 +266,8 @@ def _solve(a: sp.csr_matrix, u0: np.ndarray, times: np.ndarray) -> np.ndarray:
     A dense matrix exponential (a few hundred volumes) rather than :func:`scipy.sparse.linalg.expm_multiply`,
     whose randomised norm estimate makes results differ in the last bits between calls.
     """
+    from scipy.linalg import expm
+
     dense = a.toarray()
     propagators: dict[float, np.ndarray] = {}  # equal steps share one exponential
     out = np.empty((len(times), len(u0)))

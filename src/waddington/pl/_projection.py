@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.spatial import cKDTree
 
 
 def _as_csr(mat: Any, n: int, where: str) -> sp.csr_matrix:
@@ -192,6 +191,8 @@ def smooth_on_grid(
         raise ValueError(f"`n_grid` must be at least 2, got {n_grid}.")
     if smooth <= 0:
         raise ValueError(f"`smooth` must be positive, got {smooth}.")
+    from scipy.spatial import cKDTree  # lazily: `import waddington` stays free of scipy.spatial (~15 MiB)
+
     ok = np.isfinite(emb).all(axis=1) & np.isfinite(vals).all(axis=1)
     emb, vals = emb[ok], vals[ok]
     n = emb.shape[0]

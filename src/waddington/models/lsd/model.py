@@ -5,7 +5,8 @@ Model (per cell of a walk of length L; ``τ_k = exp(k/(L−1))`` the position la
 * ``B ~ N(RNN(x_walk), 10)`` — differentiation state, prior mean from an RNN over the walk's log-expression;
 * ``z ~ N(μ(B), σ(B)·τ_k)`` — cell state;
 * ``ℓ ~ LogNormal(mean log ℓ, sd log ℓ)`` — library size (log-scale prior; the reference uses raw-scale moments);
-* ``x_raw ~ ZINB(gate(z), θ, logits = log(ℓ ρ(z) + 1e−3) − log(θ + 1e−3))`` (:class:`~.likelihood.ZINBCounts`).
+* ``x_raw ~ ZINB(gate(z), θ, logits = log(ℓ ρ(z) + 1e−3) − log(θ + 1e−3))`` with ``ρ = softmax(expression logits)``
+  (:class:`~.likelihood.ZINBSoftmaxCounts`, which fuses the softmax, the likelihood and its derivatives).
 
 Guide: ``z ~ N(ẑ, s(x))`` where ``ẑ`` is the gradient flow ``dz/dt = −∇V(z)`` started at the encoding of the walk's
 first cell and read at ``t = linspace(0, 1, L)``; ``B ~ N(q(B|z)·τ_k)``; ``ℓ ~ LogNormal(q(ℓ|x))``. Two guide
@@ -42,7 +43,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .likelihood import ZINBCounts, gamma_terms
+from .likelihood import ZINBSoftmaxCounts, gamma_terms
 from .networks import GaussianMLP, PotentialNet, PriorRNN, ZDecoder
 
 __all__ = ["DEFAULT_LAYER_DIMS", "LSDModule", "ODE_METHODS"]
@@ -222,31 +223,34 @@ class LSDModule(nn.Module):
         → row); ``library`` and ``log_factorial`` (``Σ_g log x_g!``) are per row of ``x_raw``.
         """
         theta = self.log_theta.exp()
-        gamma_term = gamma_terms(x_raw, theta)
-        if rows is not None:
-            x, x_raw, gamma_term = x[rows], x_raw[rows], gamma_term[rows]
-            library = None if library is None else library[rows]
-            log_factorial = None if log_factorial is None else log_factorial[rows]
-        n, g = x.shape
+        gamma_term = gamma_terms(x_raw, theta)  # per distinct row: the likelihood gathers it by ``rows``
+        if rows is not None and library is not None:
+            library = library[rows]
+        n, g = n_walks * length, x.shape[1]
         tau = _lattice(length, x.device).repeat(n_walks).unsqueeze(-1)
         with poutine.scale(scale=1.0 / (n * g)), pyro.plate("cells", n):
-            m_b = self.prior_rnn(x.view(n_walks, length, g))
+            m_b = self.prior_rnn(x, n_walks, length, rows)
             with poutine.scale(scale=kl_weight):
                 b = pyro.sample("B", dist.Normal(m_b, self.prior_B_scale).to_event(1))
             z_loc, z_scale = self.state_decoder(b)
             z = pyro.sample("z", dist.Normal(z_loc, z_scale * tau).to_event(1))
-            gate_logits, rho = self.z_decoder(z)
+            logits = self.z_decoder.logits(z)
             if library is None:
                 loc = self.library_loc.expand(n, 1)
                 scale = self.library_scale.expand(n, 1)
                 lib = pyro.sample("l", dist.LogNormal(loc, scale).to_event(1))
             else:
                 lib = library.unsqueeze(-1)
-            pyro.sample(
-                "x",
-                ZINBCounts(theta, lib * rho, gate_logits, eps=1e-3, log_factorial=log_factorial, gamma_term=gamma_term),
-                obs=x_raw,
+            likelihood = ZINBSoftmaxCounts(
+                theta,
+                lib,
+                logits,
+                eps=1e-3,
+                rows=rows,
+                log_factorial=log_factorial,
+                gamma_term=gamma_term,
             )
+            pyro.sample("x", likelihood, obs=x_raw)
 
     def guide(
         self,
