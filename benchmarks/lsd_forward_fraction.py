@@ -41,23 +41,11 @@ def _forward(p, t: np.ndarray) -> tuple[float, float]:
     return float(step.mean()), float(step[last].mean())
 
 
-def _edge_softmax(graph, score: np.ndarray):
-    """Row softmax of a per-edge score on the pattern of a binarised CSR graph."""
-    import scipy.sparse as sp
-
-    deg = np.diff(graph.indptr)
-    starts = graph.indptr[:-1]
-    top = np.maximum.reduceat(score, starts)
-    e = np.exp(score - np.repeat(top, deg))
-    e /= np.repeat(np.add.reduceat(e, starts), deg)
-    return sp.csr_matrix((e, graph.indices.copy(), graph.indptr.copy()), shape=graph.shape)
-
-
 def _decoder_velocity_kernel(adata, model, graph, sigma: float, smoothing: int):
     import scipy.sparse as sp
     import torch
 
-    from waddington.models.lsd.transitions import smooth_on_graph
+    from waddington.models.lsd.transitions import edge_softmax, smooth_on_graph
 
     z = np.asarray(adata.obsm["X_lsd_cell_state"], dtype=np.float64)
     z = np.column_stack([smooth_on_graph(graph, z[:, k], smoothing) for k in range(z.shape[1])])
@@ -78,7 +66,7 @@ def _decoder_velocity_kernel(adata, model, graph, sigma: float, smoothing: int):
     d = pca[graph.indices] - pca[rows]
     f = v_pca[rows]
     cos = (d * f).sum(1) / (np.linalg.norm(d, axis=1) * np.linalg.norm(f, axis=1) + 1e-12)
-    return _edge_softmax(graph, cos / sigma)
+    return sp.csr_matrix((edge_softmax(graph.indptr, cos, 1.0 / sigma), graph.indices, graph.indptr), shape=graph.shape)
 
 
 def _supervised_time(adata, t: np.ndarray, seed: int) -> np.ndarray:

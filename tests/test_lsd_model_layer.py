@@ -96,6 +96,16 @@ def test_fused_softmax_zinb_passes_gradcheck_and_skips_unneeded_gradients():
     torch.testing.assert_close(fused(logits, lib.detach(), theta, x, rows, 1e-3).detach(), values)
     with pytest.raises(ValueError, match="2 \\* genes"):
         ZINBSoftmaxCounts(theta, lib, logits[:, :-1])
+    # a plate over its own rows leaves it as it is; other shapes expand only without ``rows``
+    d = ZINBSoftmaxCounts(theta, lib, logits, rows=rows)
+    assert d.expand(d.batch_shape) is d
+    with pytest.raises(ValueError, match="rows=None"):
+        d.expand((3, *d.batch_shape))
+    plain = ZINBSoftmaxCounts(theta, lib, logits).expand((3, logits.shape[0]))
+    assert plain.batch_shape == (3, logits.shape[0])
+    torch.testing.assert_close(
+        plain.log_prob(x[rows]), values.expand(3, -1) + (gamma_terms(x, theta) - log_factorial_sums(x))[rows]
+    )
 
 
 def test_prior_rnn_gathers_projected_cells_like_nn_rnn_on_every_walk_position():

@@ -257,10 +257,19 @@ class ZINBSoftmaxCounts(TorchDistribution):
         super().__init__(batch_shape=logits.shape[:1], event_shape=(genes,), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        """Itself when the shape is unchanged (a plate over its rows), so ``rows`` keeps its meaning."""
+        """Itself when the shape is unchanged (a plate over its rows), so ``rows`` keeps its meaning.
+
+        Without ``rows`` any other shape expands as every Pyro distribution does; with ``rows`` the observed value
+        holds distinct rows, which an expanded distribution could not map, so that is an error.
+        """
         if torch.Size(batch_shape) == self.batch_shape:
             return self
-        raise NotImplementedError("ZINBSoftmaxCounts cannot be expanded to a new batch shape.")
+        if self.rows is not None:
+            raise ValueError(
+                f"ZINBSoftmaxCounts with `rows` has batch shape {tuple(self.batch_shape)} and cannot be expanded to "
+                f"{tuple(batch_shape)}; gather the observed rows (value[rows]) and pass rows=None instead."
+            )
+        return super().expand(batch_shape, _instance)
 
     @property
     def gate_logits(self) -> torch.Tensor:

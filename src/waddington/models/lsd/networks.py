@@ -132,7 +132,7 @@ class ZDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(gate_logits, rho)``."""
-        gate_logits, expr_logits = self.net(z).split(self.n_genes, dim=-1)
+        gate_logits, expr_logits = self.logits(z).split(self.n_genes, dim=-1)
         return gate_logits, torch.softmax(expr_logits, dim=-1)
 
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["binarize", "boltzmann_transitions", "fate_entropy", "phylogeny_mask", "row_normalize", "smooth_on_graph"]
+__all__ = [
+    "binarize",
+    "boltzmann_transitions",
+    "edge_softmax",
+    "fate_entropy",
+    "phylogeny_mask",
+    "row_normalize",
+    "smooth_on_graph",
+]
 
 
 def binarize(graph: sp.spmatrix) -> sp.csr_matrix:
@@ -24,14 +32,18 @@ def binarize(graph: sp.spmatrix) -> sp.csr_matrix:
     return g
 
 
-def _row_softmax(indptr: np.ndarray, indices: np.ndarray, score: np.ndarray, beta: float) -> np.ndarray:
-    """Per row, softmax of ``β · score[j]`` over the row's columns, with the row maximum subtracted first."""
-    data = np.zeros(indices.size, dtype=np.float64)
+def edge_softmax(indptr: np.ndarray, values: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """Per CSR row, softmax of ``β · values`` over the row's stored entries, with the row maximum subtracted first.
+
+    ``values`` holds one number per stored entry (aligned with the CSR ``data``); empty rows stay empty. Returns the
+    new ``data`` array.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    data = np.zeros(values.size, dtype=np.float64)
     counts = np.diff(indptr)
     nonempty = counts > 0
     if not nonempty.any():
         return data
-    values = score[indices]
     starts = indptr[:-1][nonempty]
     row_max = np.full(counts.size, -np.inf)
     row_max[nonempty] = np.maximum.reduceat(values, starts)
@@ -80,7 +92,7 @@ def boltzmann_transitions(
         raise ValueError(f"score has shape {s.shape}, expected ({a.shape[0]},).")
     if not np.isfinite(s).all():
         raise ValueError("score has non-finite values.")
-    data = _row_softmax(a.indptr, a.indices, s, float(beta))
+    data = edge_softmax(a.indptr, s[a.indices], float(beta))
     p = sp.csr_matrix((data, a.indices, a.indptr), shape=a.shape)
     p.eliminate_zeros()  # exp underflow to exactly 0 for extreme β: keep the pattern honest
     empty = np.zeros(0, dtype=np.int64)
